@@ -1,0 +1,1 @@
+"""Decode media and turn it into perceptual fingerprints."""

@@ -1,0 +1,216 @@
+"""Audio fingerprint: log band energies per frame, and window descriptors for FAISS.
+
+Stage 1, ``band_frames``: a log-frequency spectrogram (bands a third of a semitone apart,
+about 250-3800 Hz) at 31.25 frames/s. It is what a crawler computes and sends, and what
+every descriptor is derived from.
+
+Stage 2, ``descriptors``: one L2-normalised vector per window of ``WINDOW_S`` seconds.
+Each window is pooled into a coarse time x band grid of mean-removed log energies and
+projected onto a low-order 2-D DCT basis, so that a window compares by inner product
+and survives codecs, noise, band limits and echo. Speed, tempo and pitch changes are
+handled on the query side: the query's descriptors are computed for a small grid of
+frequency shifts and time scales (``QUERY_GRID``), each a resampling of the band frames,
+so one of them lines up with the reference within the descriptor's tolerance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from fingerprint.decode import SAMPLE_RATE
+
+FORMAT = "logbands-v1"
+N_FFT = 1024
+HOP = 256
+FRAME_RATE_HZ = SAMPLE_RATE / HOP
+BANDS_PER_SEMITONE = 3
+LOW_HZ = 250.0
+N_BANDS = 142  # 250 Hz * 2**(141/36) ~= 3780 Hz: room to shift 300-3400 Hz by +-1.5 semitones
+
+# Descriptor geometry.
+WINDOW_S = 1.5
+TIME_CELLS = 10
+BAND_LOW_HZ = 300.0
+BAND_HIGH_HZ = 3400.0
+FREQ_CELLS = 18
+DCT_TIME = 8
+DCT_FREQ = 8
+DIM = DCT_TIME * DCT_FREQ
+REFERENCE_HOP_S = 0.25
+QUERY_HOP_S = 0.125
+
+SILENCE_DB = -70.0
+"""Frames quieter than this (dBFS) carry no fingerprint."""
+
+
+@dataclass(frozen=True)
+class BandFrames:
+    """Log band energies (dB), one row per frame; the unit a crawler sends."""
+
+    values: np.ndarray
+    frame_rate_hz: float = FRAME_RATE_HZ
+    format: str = FORMAT
+
+    def __post_init__(self) -> None:
+        if self.format != FORMAT:
+            raise ValueError(f"fingerprint format {self.format!r} is not {FORMAT!r}")
+        if self.values.ndim != 2 or self.values.shape[1] != N_BANDS:
+            raise ValueError(
+                f"band frames must have shape (frames, {N_BANDS}), got {self.values.shape}")
+        if abs(self.frame_rate_hz - FRAME_RATE_HZ) > 1e-6:
+            raise ValueError(
+                f"frame rate must be {FRAME_RATE_HZ} Hz, got {self.frame_rate_hz}")
+        if not np.all(np.isfinite(self.values)):
+            raise ValueError("band frames contain NaN or infinite values")
+
+    @property
+    def duration_s(self) -> float:
+        return self.values.shape[0] / self.frame_rate_hz
+
+
+@lru_cache(maxsize=1)
+def _filterbank() -> np.ndarray:
+    """Triangular filters on a third-of-a-semitone log grid, shape (fft bins, bands)."""
+    freqs = np.fft.rfftfreq(N_FFT, 1.0 / SAMPLE_RATE)
+    step = 2.0 ** (1.0 / (12 * BANDS_PER_SEMITONE))
+    centres = LOW_HZ * step ** np.arange(N_BANDS)
+    # At low frequencies the bands are narrower than an FFT bin: widen them to 1.5 bins.
+    half_width = np.maximum(centres * (step - 1.0) * 1.5, 1.5 * SAMPLE_RATE / N_FFT)
+    weights = 1.0 - np.abs(freqs[:, None] - centres[None, :]) / half_width[None, :]
+    weights = np.clip(weights, 0.0, None)
+    return (weights / weights.sum(axis=0, keepdims=True)).astype(np.float32)
+
+
+def band_frames(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> BandFrames:
+    """Log band energies of mono ``samples`` (which must be at ``SAMPLE_RATE``)."""
+    if sample_rate != SAMPLE_RATE:
+        raise ValueError(f"samples must be at {SAMPLE_RATE} Hz, got {sample_rate}")
+    samples = np.asarray(samples, dtype=np.float32)
+    if samples.ndim != 1:
+        raise ValueError(f"samples must be mono (1-D), got shape {samples.shape}")
+    if samples.size < N_FFT:
+        return BandFrames(np.zeros((0, N_BANDS), dtype=np.float32))
+    n_frames = 1 + (samples.size - N_FFT) // HOP
+    frames = np.lib.stride_tricks.as_strided(
+        samples, shape=(n_frames, N_FFT), strides=(samples.strides[0] * HOP, samples.strides[0]))
+    window = np.hanning(N_FFT).astype(np.float32)
+    power = np.empty((n_frames, N_BANDS), dtype=np.float32)
+    block = 2048  # bounded memory for long references
+    for start in range(0, n_frames, block):
+        spectrum = np.fft.rfft(frames[start:start + block] * window, axis=1)
+        energy = (spectrum.real**2 + spectrum.imag**2).astype(np.float32)
+        power[start:start + block] = energy @ _filterbank()
+    scale = 4.0 / float(window.sum()) ** 2  # full-scale sine -> 0 dB
+    return BandFrames(10.0 * np.log10(power * scale + 1e-12))
+
+
+@dataclass(frozen=True)
+class Transform:
+    """A query-side hypothesis: the query is shifted by ``semitones`` and played ``time_scale``
+    times faster than the reference."""
+
+    semitones: float = 0.0
+    time_scale: float = 1.0
+
+
+def _speed(ratio: float) -> Transform:
+    return Transform(semitones=12.0 * float(np.log2(ratio)), time_scale=ratio)
+
+
+QUERY_GRID: tuple[Transform, ...] = (
+    Transform(),
+    _speed(1.04), _speed(1 / 1.04),
+    Transform(0.8, 1.0), Transform(-0.8, 1.0),
+    Transform(0.0, 1.07), Transform(0.0, 1 / 1.07),
+)
+
+
+def _band_positions(semitones: float) -> tuple[np.ndarray, np.ndarray]:
+    """Fine-band edges of the FREQ_CELLS coarse cells between 300 and 3400 Hz, shifted."""
+    lo = 12 * BANDS_PER_SEMITONE * np.log2(BAND_LOW_HZ / LOW_HZ)
+    hi = 12 * BANDS_PER_SEMITONE * np.log2(BAND_HIGH_HZ / LOW_HZ)
+    edges = np.linspace(lo, hi, FREQ_CELLS + 1) + semitones * BANDS_PER_SEMITONE
+    if edges[0] < 0 or edges[-1] > N_BANDS - 1:
+        raise ValueError(f"a shift of {semitones} semitones leaves the band range")
+    return edges[:-1], edges[1:]
+
+
+def _cell_means(cumulative: np.ndarray, lo: np.ndarray, hi: np.ndarray, axis: int) -> np.ndarray:
+    """Mean over fractional index ranges [lo, hi) along ``axis`` of the array whose
+    cumulative sum (with a leading zero) is ``cumulative``; linear inside a step."""
+    shape = [1] * cumulative.ndim
+    shape[axis] = -1
+
+    def at(pos: np.ndarray) -> np.ndarray:
+        base = np.clip(np.floor(pos).astype(np.int64), 0, cumulative.shape[axis] - 2)
+        frac = (pos - base).astype(np.float32).reshape(shape)
+        a = np.take(cumulative, base, axis=axis)
+        return a + (np.take(cumulative, base + 1, axis=axis) - a) * frac
+
+    return (at(hi) - at(lo)) / (hi - lo).astype(np.float32).reshape(shape)
+
+
+@lru_cache(maxsize=1)
+def _dct_basis() -> np.ndarray:
+    """Orthonormal 2-D DCT-II basis, shape (TIME_CELLS * FREQ_CELLS, DIM): time orders
+    1..DCT_TIME (order 0 is zero once each band's mean is removed) x band orders
+    0..DCT_FREQ-1. Low orders keep the coarse shape and drop fine, fragile detail."""
+    def basis(n: int, orders: np.ndarray) -> np.ndarray:
+        x = (np.arange(n) + 0.5) / n
+        m = np.cos(np.pi * orders[:, None] * x[None, :])
+        return m / np.linalg.norm(m, axis=1, keepdims=True)
+    bt = basis(TIME_CELLS, np.arange(1, DCT_TIME + 1))
+    bf = basis(FREQ_CELLS, np.arange(DCT_FREQ))
+    return np.einsum("at,bf->tfab", bt, bf).reshape(TIME_CELLS * FREQ_CELLS, DIM).astype(
+        np.float32)
+
+
+def descriptors(frames: BandFrames, hop_s: float,
+                transforms: tuple[Transform, ...] = (Transform(),)
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Window descriptors every ``hop_s`` seconds of the frames' own time axis, for each
+    transform.
+
+    Returns (vectors float32 [n, DIM], window start times in seconds, transform index).
+    Silent windows are dropped: they cannot identify anything.
+    """
+    values = frames.values
+    power = np.power(10.0, values / 10.0, dtype=np.float32)
+    cum_f = np.concatenate([np.zeros((values.shape[0], 1), np.float32),
+                            np.cumsum(power, axis=1)], axis=1)
+    parts = [_windows(cum_f, hop_s, transform) for transform in transforms]
+    vectors = np.concatenate([p[0] for p in parts])
+    times = np.concatenate([p[1] for p in parts])
+    which = np.concatenate([np.full(len(p[1]), i, np.int64) for i, p in enumerate(parts)])
+    return vectors, times, which
+
+
+def _windows(cum_f: np.ndarray, hop_s: float, transform: Transform
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Descriptors of one transform from the band-axis cumulative power."""
+    n_frames = cum_f.shape[0]
+    span_frames = WINDOW_S * FRAME_RATE_HZ * transform.time_scale
+    n_windows = int(np.floor((n_frames - span_frames) / (hop_s * FRAME_RATE_HZ))) + 1
+    if n_windows <= 0:
+        return np.zeros((0, DIM), np.float32), np.zeros(0, np.float32)
+    starts = np.arange(n_windows) * hop_s * FRAME_RATE_HZ
+    band_lo, band_hi = _band_positions(transform.semitones)
+    coarse = _cell_means(cum_f, band_lo, band_hi, axis=1)  # (frames, FREQ_CELLS) power
+    cum_t = np.concatenate([np.zeros((1, FREQ_CELLS), np.float32), np.cumsum(coarse, axis=0)])
+    offsets = np.linspace(0.0, span_frames, TIME_CELLS + 1)
+    cell_lo = (starts[:, None] + offsets[None, :-1]).reshape(-1)
+    cell_hi = (starts[:, None] + offsets[None, 1:]).reshape(-1)
+    grid = _cell_means(cum_t, cell_lo, cell_hi, axis=0).reshape(n_windows, TIME_CELLS,
+                                                                 FREQ_CELLS)
+    loud = grid.mean(axis=(1, 2)) > 10.0 ** (SILENCE_DB / 10.0)
+    if not loud.any():
+        return np.zeros((0, DIM), np.float32), np.zeros(0, np.float32)
+    log_grid = 10.0 * np.log10(grid[loud] + 1e-10)
+    log_grid -= log_grid.mean(axis=1, keepdims=True)  # per-band level: EQ and band limits
+    vectors = log_grid.reshape(log_grid.shape[0], -1) @ _dct_basis()
+    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-6)
+    times = (starts[loud] / FRAME_RATE_HZ).astype(np.float32)
+    return vectors.astype(np.float32), times

@@ -1,0 +1,1 @@
+"""Store fingerprints, search them with FAISS and align the hits into matches."""

@@ -1,0 +1,154 @@
+"""Temporal alignment: nearest-neighbour hits become matched segments.
+
+Every query window's neighbours vote for a (reference, query transform, time offset)
+triple. A real match piles its votes on one offset (per transform: the reference time
+is offset + time_scale x query time); chance hits spread over all offsets. The strongest
+piles are read out as segments, each window used by at most one segment, so a clip that
+holds two references returns both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+OFFSET_BIN_S = 0.25
+
+
+@dataclass(frozen=True)
+class Hits:
+    """Flattened neighbour hits of one query: parallel arrays, one entry per (window, neighbour)."""
+
+    query_time: np.ndarray    # float32, window start in the query (s)
+    reference: np.ndarray     # int64, reference number
+    reference_time: np.ndarray  # float32, window start in the reference (s)
+    similarity: np.ndarray    # float32, inner product of the descriptors
+    time_scale: np.ndarray    # float32, query-rate / reference-rate of the hypothesis
+    transform: np.ndarray     # int64, index of the hypothesis
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One aligned run of evidence."""
+
+    reference: int
+    evidence: float           # summed weight of supporting windows
+    windows: int              # number of supporting query windows
+    query_start_s: float
+    query_end_s: float        # start of the last supporting window + window length
+    reference_start_s: float
+    reference_end_s: float
+    speed: float              # fitted slope of reference time over query time
+
+
+def hit_weight(similarity: np.ndarray, floor: float) -> np.ndarray:
+    """Only similarity above ``floor`` (what unrelated windows reach) counts as evidence."""
+    return np.clip((similarity - floor) / (1.0 - floor), 0.0, None)
+
+
+def segments(hits: Hits, window_s: float, floor: float, min_evidence: float,
+             max_segments: int = 8) -> list[Segment]:
+    """Group hits into segments, strongest first, until evidence drops below ``min_evidence``."""
+    weight = hit_weight(hits.similarity, floor)
+    keep = weight > 0
+    if not keep.any():
+        return []
+    h = {name: getattr(hits, name)[keep] for name in Hits.__dataclass_fields__}
+    weight = weight[keep]
+    # A window is one (transform, query time); a query time supports one segment only.
+    query_ms = np.round(h["query_time"] * 1000).astype(np.int64)
+    h["window"] = h["transform"] * (1 << 32) + query_ms
+    offset = h["reference_time"] - h["time_scale"] * h["query_time"]
+    offset_bin = np.round(offset / OFFSET_BIN_S).astype(np.int64)
+    available = np.ones(len(weight), dtype=bool)
+    found: list[Segment] = []
+    while len(found) < max_segments and available.any():
+        best = _best_bin(h, offset_bin, weight, available)
+        if best is None:
+            break
+        support = (available & (h["reference"] == best[0]) & (h["transform"] == best[1])
+                   & (np.abs(offset_bin - best[2]) <= 1))
+        segment = _segment(h, weight, support, window_s)
+        if segment.evidence < min_evidence:
+            break
+        if not any(_repeats(segment, earlier) for earlier in found):
+            found.append(segment)
+        available &= ~np.isin(query_ms, np.unique(query_ms[support]))
+    return found
+
+
+def _repeats(segment: Segment, earlier: Segment) -> bool:
+    """A weaker segment of the same reference over the same stretch of query is a repeated
+    passage of the reference (music loops), not a second match."""
+    overlap = (min(segment.query_end_s, earlier.query_end_s)
+               - max(segment.query_start_s, earlier.query_start_s))
+    shorter = min(segment.query_end_s - segment.query_start_s,
+                  earlier.query_end_s - earlier.query_start_s)
+    return segment.reference == earlier.reference and overlap > 0.5 * shorter
+
+
+def _best_bin(h: dict[str, np.ndarray], offset_bin: np.ndarray, weight: np.ndarray,
+              available: np.ndarray) -> tuple[int, int, int] | None:
+    """(reference, transform, offset bin) with the most evidence, neighbouring bins included."""
+    idx = np.flatnonzero(available)
+    if idx.size == 0:
+        return None
+    key = _pack(h["reference"][idx], h["transform"][idx], offset_bin[idx])
+    # One vote per window and key: the window's best neighbour at that offset.
+    order = np.lexsort((-weight[idx], h["window"][idx], key))
+    key, window, w = key[order], h["window"][idx][order], weight[idx][order]
+    first = np.ones(len(key), dtype=bool)
+    first[1:] = (key[1:] != key[:-1]) | (window[1:] != window[:-1])
+    uniq, inverse = np.unique(key[first], return_inverse=True)
+    total = np.bincount(inverse, weights=w[first])
+    # Add half of each neighbouring offset bin (a window may straddle two bins).
+    smoothed = total.copy()
+    for step in (-1, 1):
+        pos = np.searchsorted(uniq, uniq + step)
+        hit = (pos < len(uniq)) & (uniq[np.minimum(pos, len(uniq) - 1)] == uniq + step)
+        smoothed[hit] += 0.5 * total[pos[hit]]
+    return _unpack(int(uniq[int(np.argmax(smoothed))]))
+
+
+_BIN_BITS = 24
+_TRANSFORM_BITS = 6
+
+
+def _pack(reference: np.ndarray, transform: np.ndarray, offset_bin: np.ndarray) -> np.ndarray:
+    """One sortable int64 per (reference, transform, offset bin); adjacent bins differ by 1."""
+    return (((reference.astype(np.int64) << _TRANSFORM_BITS) | transform) << _BIN_BITS) + (
+        offset_bin + (1 << (_BIN_BITS - 1)))
+
+
+def _unpack(key: int) -> tuple[int, int, int]:
+    offset_bin = (key & ((1 << _BIN_BITS) - 1)) - (1 << (_BIN_BITS - 1))
+    rest = key >> _BIN_BITS
+    return rest >> _TRANSFORM_BITS, rest & ((1 << _TRANSFORM_BITS) - 1), offset_bin
+
+
+def _segment(h: dict[str, np.ndarray], weight: np.ndarray, support: np.ndarray,
+             window_s: float) -> Segment:
+    """Time ranges and speed of the supporting hits (best hit per query window)."""
+    idx = np.flatnonzero(support)
+    order = np.lexsort((-weight[idx], h["window"][idx]))
+    idx = idx[order]
+    first = np.ones(len(idx), dtype=bool)
+    first[1:] = h["window"][idx][1:] != h["window"][idx][:-1]
+    idx = idx[first]
+    q = h["query_time"][idx].astype(np.float64)
+    r = h["reference_time"][idx].astype(np.float64)
+    w = weight[idx].astype(np.float64)
+    scale = float(h["time_scale"][idx][0])
+    if len(idx) >= 3 and np.ptp(q) > 1.0:
+        slope, intercept = np.polyfit(q, r, 1, w=np.sqrt(w))
+        if not 0.8 * scale < slope < 1.25 * scale:
+            slope, intercept = scale, float(np.average(r - scale * q, weights=w))
+    else:
+        slope, intercept = scale, float(np.average(r - scale * q, weights=w))
+    q_start, q_end = float(q.min()), float(q.max()) + window_s / scale
+    return Segment(
+        reference=int(h["reference"][idx][0]), evidence=float(w.sum()), windows=len(idx),
+        query_start_s=q_start, query_end_s=q_end,
+        reference_start_s=float(intercept + slope * q_start),
+        reference_end_s=float(intercept + slope * q_end), speed=float(slope))

@@ -1,0 +1,214 @@
+"""Reference metadata in SQLite, and each reference's fingerprints as a file beside it.
+
+The fingerprint files are the source of truth for search; the FAISS index is derived
+from them and can always be rebuilt (see ``index.vectors``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS reference (
+    number INTEGER PRIMARY KEY AUTOINCREMENT,
+    reference_id TEXT NOT NULL UNIQUE,
+    title TEXT NOT NULL,
+    external_id TEXT NOT NULL DEFAULT '',
+    metadata TEXT NOT NULL DEFAULT '{}',
+    duration_s REAL NOT NULL,
+    modalities TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    content_sha256 TEXT NOT NULL UNIQUE,
+    fingerprint_format TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS setting (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A registered reference as the API reports it."""
+
+    reference_id: str
+    title: str
+    duration_s: float
+    content_sha256: str
+    external_id: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+    modalities: tuple[str, ...] = ("audio",)
+    created_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class Fingerprints:
+    """One reference's window descriptors and their start times (s)."""
+
+    vectors: np.ndarray
+    times: np.ndarray
+
+
+class NotFoundError(KeyError):
+    """No reference with that id."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; a person wants plain text
+        return str(self.args[0]) if self.args else "not found"
+
+
+class DuplicateError(ValueError):
+    """The same bytes are already registered."""
+
+    def __init__(self, reference_id: str) -> None:
+        super().__init__(f"these bytes are already registered as reference {reference_id}")
+        self.reference_id = reference_id
+
+
+class Store:
+    """SQLite rows plus ``fingerprints/<reference_id>.npz`` files under one directory.
+
+    A reference is written as: fingerprint file (fsynced, renamed into place) first, then
+    the row in one transaction. A crash between the two leaves an orphan file that
+    ``Store.open`` removes, never a row without fingerprints.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        self.root = data_dir
+        self.fingerprint_dir = data_dir / "fingerprints"
+        self.fingerprint_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(data_dir / "catalog.sqlite", check_same_thread=False,
+                                   isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+        self._remove_orphans()
+
+    def _remove_orphans(self) -> None:
+        known = {row[0] for row in self._db.execute("SELECT reference_id FROM reference")}
+        for path in self.fingerprint_dir.glob("*.npz"):
+            if path.stem not in known:
+                path.unlink()
+        for path in self.fingerprint_dir.glob("*.tmp*"):
+            path.unlink()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def add(self, *, title: str, external_id: str, metadata: dict[str, str],
+            duration_s: float, content_sha256: str, fingerprint_format: str,
+            fingerprints: Fingerprints) -> tuple[int, Reference]:
+        """Persist a new reference durably; returns its internal number and record."""
+        reference = Reference(
+            reference_id=uuid.uuid4().hex[:16], title=title, external_id=external_id,
+            metadata=dict(metadata), duration_s=duration_s, created_at=time.time(),
+            content_sha256=content_sha256)
+        path = self.fingerprint_dir / f"{reference.reference_id}.npz"
+        tmp = path.with_suffix(".tmp.npz")
+        with open(tmp, "wb") as handle:
+            np.savez(handle, vectors=fingerprints.vectors.astype(np.float16),
+                     times=fingerprints.times.astype(np.float32))
+            handle.flush()
+            os.fsync(handle.fileno())
+        tmp.replace(path)
+        with self._lock:
+            existing = self._db.execute(
+                "SELECT reference_id FROM reference WHERE content_sha256 = ?",
+                (content_sha256,)).fetchone()
+            if existing:
+                path.unlink()
+                raise DuplicateError(existing[0])
+            cursor = self._db.execute(
+                "INSERT INTO reference (reference_id, title, external_id, metadata, duration_s,"
+                " modalities, created_at, content_sha256, fingerprint_format)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (reference.reference_id, title, external_id, json.dumps(metadata), duration_s,
+                 ",".join(reference.modalities), reference.created_at, content_sha256,
+                 fingerprint_format))
+            return int(cursor.lastrowid), reference
+
+    def find_sha256(self, content_sha256: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT reference_id FROM reference WHERE content_sha256 = ?",
+                                   (content_sha256,)).fetchone()
+        return row[0] if row else None
+
+    def delete(self, reference_id: str) -> int:
+        """Remove the row (durably), then the file; returns the internal number."""
+        with self._lock:
+            row = self._db.execute("SELECT number FROM reference WHERE reference_id = ?",
+                                   (reference_id,)).fetchone()
+            if row is None:
+                raise NotFoundError(f"no reference with id {reference_id!r}")
+            self._db.execute("DELETE FROM reference WHERE reference_id = ?", (reference_id,))
+        (self.fingerprint_dir / f"{reference_id}.npz").unlink(missing_ok=True)
+        return int(row[0])
+
+    def get(self, reference_id: str) -> tuple[int, Reference]:
+        with self._lock:
+            row = self._db.execute(f"SELECT {_COLUMNS} FROM reference WHERE reference_id = ?",
+                                   (reference_id,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"no reference with id {reference_id!r}")
+        return int(row[0]), _reference(row)
+
+    def by_numbers(self, numbers: list[int]) -> dict[int, Reference]:
+        if not numbers:
+            return {}
+        marks = ",".join("?" * len(numbers))
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM reference WHERE number IN ({marks})", numbers).fetchall()
+        return {int(row[0]): _reference(row) for row in rows}
+
+    def page(self, after_number: int, limit: int) -> list[tuple[int, Reference]]:
+        """References in registration order, those numbered above ``after_number``."""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM reference WHERE number > ? ORDER BY number LIMIT ?",
+                (after_number, limit)).fetchall()
+        return [(int(row[0]), _reference(row)) for row in rows]
+
+    def count(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM reference").fetchone()[0])
+
+    def numbers(self) -> dict[int, str]:
+        """Internal number -> reference id of every stored reference."""
+        with self._lock:
+            rows = self._db.execute("SELECT number, reference_id FROM reference").fetchall()
+        return {int(n): rid for n, rid in rows}
+
+    def fingerprints(self, reference_id: str) -> Fingerprints:
+        with np.load(self.fingerprint_dir / f"{reference_id}.npz") as data:
+            return Fingerprints(data["vectors"].astype(np.float32), data["times"])
+
+    def get_setting(self, key: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM setting WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_setting(self, key: str, value: str) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO setting (key, value) VALUES (?, ?)",
+                             (key, value))
+
+
+_COLUMNS = ("number, reference_id, title, external_id, metadata, duration_s, modalities,"
+            " created_at, content_sha256")
+
+
+def _reference(row: tuple) -> Reference:
+    return Reference(reference_id=row[1], title=row[2], external_id=row[3],
+                     metadata=json.loads(row[4]), duration_s=float(row[5]),
+                     modalities=tuple(row[6].split(",")), created_at=float(row[7]),
+                     content_sha256=row[8])
+
