@@ -31,13 +31,13 @@ LOW_HZ = 250.0
 N_BANDS = 142  # 250 Hz * 2**(141/36) ~= 3780 Hz: room to shift 300-3400 Hz by +-1.5 semitones
 
 # Descriptor geometry.
-WINDOW_S = 1.5
-TIME_CELLS = 10
+WINDOW_S = 2.5
+TIME_CELLS = 14
 BAND_LOW_HZ = 300.0
 BAND_HIGH_HZ = 3400.0
-FREQ_CELLS = 18
-DCT_TIME = 8
-DCT_FREQ = 8
+FREQ_CELLS = 24
+DCT_TIME = 6
+DCT_FREQ = 10
 DIM = DCT_TIME * DCT_FREQ
 REFERENCE_HOP_S = 0.25
 QUERY_HOP_S = 0.125
@@ -155,15 +155,15 @@ def _cell_means(cumulative: np.ndarray, lo: np.ndarray, hi: np.ndarray, axis: in
 
 @lru_cache(maxsize=1)
 def _dct_basis() -> np.ndarray:
-    """Orthonormal 2-D DCT-II basis, shape (TIME_CELLS * FREQ_CELLS, DIM): time orders
-    1..DCT_TIME (order 0 is zero once each band's mean is removed) x band orders
-    0..DCT_FREQ-1. Low orders keep the coarse shape and drop fine, fragile detail."""
+    """Orthonormal 2-D DCT-II basis, shape (TIME_CELLS * FREQ_CELLS, DIM): orders
+    1..DCT_TIME in time x 1..DCT_FREQ in frequency (order 0 is zero on both axes once the
+    means are removed). Low orders keep the coarse shape and drop fine, fragile detail."""
     def basis(n: int, orders: np.ndarray) -> np.ndarray:
         x = (np.arange(n) + 0.5) / n
         m = np.cos(np.pi * orders[:, None] * x[None, :])
         return m / np.linalg.norm(m, axis=1, keepdims=True)
     bt = basis(TIME_CELLS, np.arange(1, DCT_TIME + 1))
-    bf = basis(FREQ_CELLS, np.arange(DCT_FREQ))
+    bf = basis(FREQ_CELLS, np.arange(1, DCT_FREQ + 1))
     return np.einsum("at,bf->tfab", bt, bf).reshape(TIME_CELLS * FREQ_CELLS, DIM).astype(
         np.float32)
 
@@ -209,7 +209,10 @@ def _windows(cum_f: np.ndarray, hop_s: float, transform: Transform
     if not loud.any():
         return np.zeros((0, DIM), np.float32), np.zeros(0, np.float32)
     log_grid = 10.0 * np.log10(grid[loud] + 1e-10)
-    log_grid -= log_grid.mean(axis=1, keepdims=True)  # per-band level: EQ and band limits
+    # Remove each band's level (EQ, band limits, steady noise) and each time cell's level
+    # (loudness swells and fades, which unrelated music shares): what is left is the shape.
+    log_grid -= log_grid.mean(axis=1, keepdims=True)
+    log_grid -= log_grid.mean(axis=2, keepdims=True)
     vectors = log_grid.reshape(log_grid.shape[0], -1) @ _dct_basis()
     vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-6)
     times = (starts[loud] / FRAME_RATE_HZ).astype(np.float32)

@@ -33,6 +33,7 @@ class Segment:
     """One aligned run of evidence."""
 
     reference: int
+    transform: int            # index of the query-side hypothesis that aligned
     evidence: float           # summed weight of supporting windows
     windows: int              # number of supporting query windows
     query_start_s: float
@@ -48,8 +49,13 @@ def hit_weight(similarity: np.ndarray, floor: float) -> np.ndarray:
 
 
 def segments(hits: Hits, window_s: float, floor: float, min_evidence: float,
-             max_segments: int = 8) -> list[Segment]:
-    """Group hits into segments, strongest first, until evidence drops below ``min_evidence``."""
+             evidence_cell_s: float = 1.0, max_segments: int = 8) -> list[Segment]:
+    """Group hits into segments, strongest first, until evidence drops below ``min_evidence``.
+
+    Overlapping windows share most of their audio, so a chance likeness repeats across many
+    neighbouring windows; evidence therefore counts the best window per ``evidence_cell_s``
+    of query time, not every window.
+    """
     weight = hit_weight(hits.similarity, floor)
     keep = weight > 0
     if not keep.any():
@@ -69,7 +75,7 @@ def segments(hits: Hits, window_s: float, floor: float, min_evidence: float,
             break
         support = (available & (h["reference"] == best[0]) & (h["transform"] == best[1])
                    & (np.abs(offset_bin - best[2]) <= 1))
-        segment = _segment(h, weight, support, window_s)
+        segment = _segment(h, weight, support, window_s, evidence_cell_s)
         if segment.evidence < min_evidence:
             break
         if not any(_repeats(segment, earlier) for earlier in found):
@@ -128,7 +134,7 @@ def _unpack(key: int) -> tuple[int, int, int]:
 
 
 def _segment(h: dict[str, np.ndarray], weight: np.ndarray, support: np.ndarray,
-             window_s: float) -> Segment:
+             window_s: float, evidence_cell_s: float) -> Segment:
     """Time ranges and speed of the supporting hits (best hit per query window)."""
     idx = np.flatnonzero(support)
     order = np.lexsort((-weight[idx], h["window"][idx]))
@@ -147,8 +153,43 @@ def _segment(h: dict[str, np.ndarray], weight: np.ndarray, support: np.ndarray,
     else:
         slope, intercept = scale, float(np.average(r - scale * q, weights=w))
     q_start, q_end = float(q.min()), float(q.max()) + window_s / scale
+    cell = np.floor(q / evidence_cell_s)
     return Segment(
-        reference=int(h["reference"][idx][0]), evidence=float(w.sum()), windows=len(idx),
+        reference=int(h["reference"][idx][0]), transform=int(h["transform"][idx][0]),
+        windows=len(idx),
+        evidence=float(sum(w[cell == c].max() for c in np.unique(cell))),
         query_start_s=q_start, query_end_s=q_end,
         reference_start_s=float(intercept + slope * q_start),
         reference_end_s=float(intercept + slope * q_end), speed=float(slope))
+
+
+def verify(segment: Segment, query_vectors: np.ndarray, query_times: np.ndarray,
+           reference_vectors: np.ndarray, reference_slots: np.ndarray, hop_s: float,
+           min_span_s: float) -> float:
+    """Mean similarity of the query windows to the reference windows the segment's line
+    puts them on (the better of the two nearest reference slots).
+
+    Votes only see each window's top neighbours; this looks at every window along one
+    alignment, so a true match (similar all along) separates from a chance pile of votes
+    (similar in a few places). The span checked is the segment's, widened to at least
+    ``min_span_s`` of window starts (or the whole query), so that a short chance pile
+    is judged against the audio around it too.
+    """
+    lo = segment.query_start_s
+    hi = float(query_times[query_times <= segment.query_end_s].max(initial=lo))
+    widen = max(0.0, min_span_s - (hi - lo)) / 2
+    lo, hi = lo - widen, hi + widen
+    inside = (query_times >= lo - 1e-3) & (query_times <= hi + 1e-3)
+    q_vectors, q_times = query_vectors[inside], query_times[inside]
+    if len(q_times) == 0 or len(reference_slots) == 0:
+        return 0.0
+    ref_time = segment.reference_start_s + (q_times - segment.query_start_s) * segment.speed
+    position = ref_time / hop_s
+    best = np.full(len(q_times), -1.0, np.float32)
+    for slot in (np.floor(position), np.ceil(position)):
+        row = np.searchsorted(reference_slots, slot.astype(np.int64))
+        row = np.clip(row, 0, len(reference_slots) - 1)
+        present = reference_slots[row] == slot
+        sims = np.einsum("ij,ij->i", q_vectors[present], reference_vectors[row[present]])
+        best[present] = np.maximum(best[present], sims)
+    return float(np.mean(np.clip(best, 0.0, None)))

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import faiss
 import numpy as np
 
 from fingerprint.audio import (
@@ -32,7 +33,7 @@ from fingerprint.audio import (
 from fingerprint.decode import SAMPLE_RATE, MediaError, MediaSource, decode_audio
 from index import align
 from index.store import DuplicateError, Fingerprints, NotFoundError, Reference, Store
-from index.vectors import DEFAULT_FACTORY, VectorIndex
+from index.vectors import DEFAULT_FACTORY, EXACT_FACTORY, VectorIndex, needs_training
 
 __all__ = ["Catalog", "DuplicateError", "Match", "MatchParams", "MediaError", "NotFoundError",
            "Reference"]
@@ -61,15 +62,19 @@ class MatchParams:
     """Search and decision settings.
 
     ``neighbours``: FAISS hits per query window. ``similarity_floor``: inner product that
-    unrelated windows reach; only the excess counts as evidence. ``evidence_midpoint`` and
-    ``evidence_scale``: the logistic that turns a segment's evidence into a score in [0, 1].
+    unrelated windows reach; only the excess counts as a vote. ``min_evidence``: votes a
+    candidate alignment needs before it is verified. A verified candidate's score is a
+    logistic of its mean aligned similarity, whose midpoint rises for short segments
+    (less audio, more room for chance): ``midpoint + short_penalty / duration``.
     ``min_score``: below it a segment is not reported (the no-match operating point).
     """
 
     neighbours: int = 20
     similarity_floor: float = 0.5
-    evidence_midpoint: float = 12.0
-    evidence_scale: float = 2.0
+    min_evidence: float = 0.5
+    similarity_midpoint: float = 0.5
+    similarity_scale: float = 0.04
+    short_penalty: float = 0.75
     min_score: float = 0.5
 
     def __post_init__(self) -> None:
@@ -77,21 +82,26 @@ class MatchParams:
             raise ValueError(f"neighbours must be in 1..1024, got {self.neighbours}")
         if not -1.0 <= self.similarity_floor < 1.0:
             raise ValueError(f"similarity_floor must be in [-1, 1), got {self.similarity_floor}")
-        if self.evidence_scale <= 0:
-            raise ValueError(f"evidence_scale must be > 0, got {self.evidence_scale}")
+        if self.similarity_scale <= 0:
+            raise ValueError(f"similarity_scale must be > 0, got {self.similarity_scale}")
         if not 0.0 <= self.min_score <= 1.0:
             raise ValueError(f"min_score must be in [0, 1], got {self.min_score}")
 
-    def score(self, evidence: float) -> float:
-        return float(1.0 / (1.0 + np.exp(-(evidence - self.evidence_midpoint)
-                                          / self.evidence_scale)))
+    def score(self, similarity: float, duration_s: float) -> float:
+        midpoint = self.similarity_midpoint + self.short_penalty / max(duration_s, 0.5)
+        return float(1.0 / (1.0 + np.exp(-(similarity - midpoint) / self.similarity_scale)))
 
-    @property
-    def min_evidence(self) -> float:
-        """Evidence at which ``score`` reaches ``min_score``."""
-        p = min(max(self.min_score, 1e-9), 1 - 1e-9)
-        return self.evidence_midpoint + self.evidence_scale * float(np.log(p / (1 - p)))
 
+VERIFY_SPAN_S = 6.0
+"""A candidate is verified over at least this much of the query (window starts)."""
+
+TRAIN_MIN_WINDOWS = 20_000
+"""About 1.4 h of reference: below it the index is exact (and small anyway)."""
+TRAIN_MAX_WINDOWS = 200_000
+"""Training sample cap: quantiser quality stops improving long before this."""
+
+FINGERPRINT_CACHE = 512
+"""References whose stored descriptors stay in memory for verification."""
 
 SAVE_INTERVAL_S = 30.0
 """The index file is rewritten at most this often while writes arrive (and on close);
@@ -103,6 +113,9 @@ class Catalog:
 
     def __init__(self, data_dir: str | Path, index_factory: str = DEFAULT_FACTORY,
                  params: MatchParams | None = None) -> None:
+        # One FAISS thread per search: concurrency comes from the callers' threads, and
+        # OpenMP threads spinning against them on a small machine multiply latency.
+        faiss.omp_set_num_threads(1)
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.params = params or MatchParams()
@@ -110,41 +123,70 @@ class Catalog:
         self._index_path = self.data_dir / "index" / "audio.faiss"
         self._index_path.parent.mkdir(exist_ok=True)
         self._write_lock = threading.Lock()
-        self._index = self._open_index(index_factory)
+        self._factory = index_factory
+        self._index = self._open_index()
         self._saved_at = time.monotonic()
         self._dirty = False
+        self._cache: dict[int, Fingerprints] = {}
+        self._cache_lock = threading.Lock()
 
     # -- index persistence -------------------------------------------------------------
 
-    def _index_state(self, factory: str) -> dict:
+    def _index_state(self, index: VectorIndex) -> dict:
         numbers = sorted(self._store.numbers())
         digest = hashlib.sha256(np.asarray(numbers, dtype=np.int64).tobytes()).hexdigest()
-        return {"factory": factory, "format": FORMAT, "dim": DIM, "references": digest}
+        return {"target": self._factory, "factory": index.factory, "trained_on": index.trained_on,
+                "format": FORMAT, "dim": DIM, "references": digest}
 
-    def _open_index(self, factory: str) -> VectorIndex:
+    def _open_index(self) -> VectorIndex:
         state_path = self._index_path.with_suffix(".json")
-        state = self._index_state(factory)
         if self._index_path.exists() and state_path.exists():
             try:
-                if json.loads(state_path.read_text()) == state:
-                    return VectorIndex.load(self._index_path, DIM, factory)
+                state = json.loads(state_path.read_text())
+                index = VectorIndex.load(self._index_path, DIM, state["factory"],
+                                         state["trained_on"])
+                if state == self._index_state(index):
+                    return index
                 log.info("index file is stale; rebuilding from fingerprints")
-            except (ValueError, RuntimeError, OSError) as exc:
+            except (ValueError, KeyError, RuntimeError, OSError) as exc:
                 log.warning("index file unreadable (%s); rebuilding from fingerprints", exc)
-        return self._rebuild(factory)
+        return self._rebuild()
 
-    def _rebuild(self, factory: str) -> VectorIndex:
-        index = VectorIndex(DIM, factory)
-        for number, reference_id in sorted(self._store.numbers().items()):
-            fingerprints = self._store.fingerprints(reference_id)
+    def _rebuild(self) -> VectorIndex:
+        """Build the index from the stored fingerprints, training the quantiser on them once
+        there are enough (exact search until then)."""
+        stored = [(number, self._store.fingerprints(reference_id))
+                  for number, reference_id in sorted(self._store.numbers().items())]
+        total = sum(len(f.vectors) for _, f in stored)
+        factory, training = EXACT_FACTORY, None
+        if not needs_training(self._factory, DIM):
+            factory = self._factory
+        elif total >= TRAIN_MIN_WINDOWS:
+            factory = self._factory
+            everything = np.concatenate([f.vectors for _, f in stored])
+            training = everything[:: max(1, total // TRAIN_MAX_WINDOWS)]
+        index = VectorIndex(DIM, factory, training=training, trained_on=total)
+        for number, fingerprints in stored:
             index.add(number, fingerprints.vectors, _slots(fingerprints.times))
         self._save(index)
+        log.info("index built: %s over %d windows", factory, total)
         return index
+
+    def _retrain_if_grown(self) -> None:
+        """Retrain once the catalogue is big enough, and again whenever it has quadrupled,
+        so the quantiser always fits the catalogue it serves. Called under the write lock."""
+        if not needs_training(self._factory, DIM):
+            return
+        untrained = self._index.factory != self._factory
+        if ((untrained and self._index.ntotal >= TRAIN_MIN_WINDOWS)
+                or (not untrained and self._index.ntotal >= 4 * self._index.trained_on)):
+            self._index = self._rebuild()
+            self._dirty = False
+            self._saved_at = time.monotonic()
 
     def _save(self, index: VectorIndex) -> None:
         index.save(self._index_path)
-        self._index_path.with_suffix(".json").write_text(
-            json.dumps(self._index_state(index.factory)))
+        self._index_path.with_suffix(".json").write_text(json.dumps(self._index_state(index)))
 
     def _changed(self) -> None:
         """Note a write; persist the index if the last save is old enough."""
@@ -186,6 +228,7 @@ class Catalog:
                 duration_s=samples.size / SAMPLE_RATE, content_sha256=content_sha256,
                 fingerprint_format=FORMAT, fingerprints=Fingerprints(vectors, times))
             self._index.add(number, vectors, _slots(times))
+            self._retrain_if_grown()
         self._changed()
         log.info("registered %s %r (%.1f s, %d windows)", reference.reference_id, title,
                  reference.duration_s, len(vectors))
@@ -225,21 +268,28 @@ class Catalog:
 
     def match_frames(self, frames: BandFrames) -> list[Match]:
         """Identify a clip from its band frames (what a crawler computes and sends)."""
-        hits = self._hits(frames)
-        if hits is None:
+        vectors, times, transform = descriptors(frames, QUERY_HOP_S, QUERY_GRID)
+        if len(vectors) == 0 or self._index.ntotal == 0:
             return []
-        found = align.segments(hits, WINDOW_S, self.params.similarity_floor,
-                               self.params.min_evidence)
-        references = self._store.by_numbers(sorted({s.reference for s in found}))
+        candidates = align.segments(self._hits(vectors, times, transform), WINDOW_S,
+                                    self.params.similarity_floor, self.params.min_evidence)
+        references = self._store.by_numbers(sorted({s.reference for s in candidates}))
         matches = []
-        for segment in found:
+        for segment in candidates:
             reference = references.get(segment.reference)
             if reference is None:  # deleted while this query ran
                 continue
+            fingerprints = self._fingerprints(segment.reference, reference.reference_id)
+            mine = transform == segment.transform
+            similarity = align.verify(segment, vectors[mine], times[mine], fingerprints.vectors,
+                                      _slots(fingerprints.times), REFERENCE_HOP_S,
+                                      VERIFY_SPAN_S)
+            score = self.params.score(similarity, segment.query_end_s - segment.query_start_s)
+            if score < self.params.min_score:
+                continue
             matches.append(Match(
                 reference_id=reference.reference_id, title=reference.title,
-                external_id=reference.external_id, modality="audio",
-                score=self.params.score(segment.evidence),
+                external_id=reference.external_id, modality="audio", score=score,
                 query_start_s=segment.query_start_s,
                 query_end_s=min(segment.query_end_s, frames.duration_s),
                 reference_start_s=max(segment.reference_start_s, 0.0),
@@ -247,17 +297,25 @@ class Catalog:
                 speed=segment.speed))
         return matches
 
-    def _hits(self, frames: BandFrames) -> align.Hits | None:
+    def _fingerprints(self, number: int, reference_id: str) -> Fingerprints:
+        """Stored descriptors of a reference, cached: verification reads them per query."""
+        with self._cache_lock:
+            cached = self._cache.pop(number, None)
+            if cached is None:
+                cached = self._store.fingerprints(reference_id)
+            self._cache[number] = cached  # most recently used last
+            while len(self._cache) > FINGERPRINT_CACHE:
+                self._cache.pop(next(iter(self._cache)))
+        return cached
+
+    def _hits(self, vectors: np.ndarray, times: np.ndarray, transform: np.ndarray) -> align.Hits:
         """One FAISS search for the windows of every query transform."""
-        vectors, query_time, transform = descriptors(frames, QUERY_HOP_S, QUERY_GRID)
-        if len(vectors) == 0 or self._index.ntotal == 0:
-            return None
         k = self.params.neighbours
         sims, numbers, slots = self._index.search(vectors, k)
         time_scale = np.array([t.time_scale for t in QUERY_GRID], np.float32)[transform]
         valid = (numbers >= 0).reshape(-1)
         return align.Hits(
-            query_time=np.repeat(query_time, k)[valid],
+            query_time=np.repeat(times, k)[valid],
             reference=numbers.reshape(-1)[valid],
             reference_time=(slots.reshape(-1)[valid] * REFERENCE_HOP_S).astype(np.float32),
             similarity=sims.reshape(-1)[valid],

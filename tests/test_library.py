@@ -1,0 +1,204 @@
+"""Each library stage on its own, with real decoded music from tests/fixtures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fingerprint.audio import (
+    FRAME_RATE_HZ,
+    N_BANDS,
+    QUERY_GRID,
+    REFERENCE_HOP_S,
+    BandFrames,
+    Transform,
+    band_frames,
+    descriptors,
+)
+from fingerprint.decode import SAMPLE_RATE, MediaError, decode_audio
+from index.catalog import Catalog, DuplicateError, NotFoundError
+from tests.media import CATALOGUE, encode, excerpt, fixture, load, sped_up
+
+# -- decode -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("suffix", "codec", "bit_rate"), [
+    (".mp3", "libmp3lame", 32_000), (".opus", "libopus", 24_000), (".flac", "flac", None),
+    (".wav", "pcm_s16le", None), (".m4a", "aac", 48_000), (".mkv", "libopus", 32_000),
+    (".webm", "libopus", 32_000), (".ogg", "libopus", 32_000)])
+def test_decode_common_containers(tmp_path: Path, suffix: str, codec: str,
+                                  bit_rate: int | None) -> None:
+    source = excerpt(load(fixture("battle")), 0, 4)
+    path = encode(tmp_path / f"clip{suffix}", source, codec=codec, bit_rate=bit_rate, channels=2)
+    samples = decode_audio(path)
+    assert samples.dtype == np.float32 and samples.ndim == 1
+    assert abs(samples.size / SAMPLE_RATE - 4.0) < 0.1
+    assert 0.01 < np.sqrt(np.mean(samples**2)) < 1.0
+
+
+def test_decode_bytes_equals_path() -> None:
+    path = fixture("knolls")
+    assert np.array_equal(decode_audio(path.read_bytes()), decode_audio(path))
+
+
+@pytest.mark.parametrize(("payload", "message"), [
+    (b"", "empty"),
+    (b"this is plainly not media, just some text pretending to be an mp3" * 20, "not a media"),
+])
+def test_decode_rejects_non_media(payload: bytes, message: str) -> None:
+    with pytest.raises(MediaError, match=message):
+        decode_audio(payload)
+
+
+def test_decode_truncated_file_is_rejected_or_partial() -> None:
+    data = fixture("battle").read_bytes()
+    with pytest.raises(MediaError):
+        decode_audio(data[:200])
+    partial = decode_audio(data[: len(data) // 2])  # half a file decodes to about half
+    assert 10 < partial.size / SAMPLE_RATE < 20
+
+
+# -- fingerprint --------------------------------------------------------------------------
+
+
+def _frames(name: str, start_s: float, duration_s: float, speed: float = 1.0) -> BandFrames:
+    samples = excerpt(load(fixture(name), SAMPLE_RATE), start_s, duration_s, SAMPLE_RATE)
+    if speed != 1.0:
+        samples = sped_up(samples, speed)
+    return band_frames(samples)
+
+
+def test_band_frames_shape_and_rate() -> None:
+    frames = _frames("battle", 0, 10)
+    assert frames.values.shape[1] == N_BANDS
+    assert abs(frames.duration_s - 10.0) < 0.2
+    assert frames.frame_rate_hz == FRAME_RATE_HZ
+
+
+def test_band_frames_validates_input() -> None:
+    with pytest.raises(ValueError, match="mono"):
+        band_frames(np.zeros((2, 8000), np.float32))
+    with pytest.raises(ValueError, match="Hz"):
+        band_frames(np.zeros(8000, np.float32), sample_rate=44_100)
+    with pytest.raises(ValueError, match="shape"):
+        BandFrames(np.zeros((10, 3), np.float32))
+
+
+def test_silence_has_no_descriptors() -> None:
+    vectors, times, _ = descriptors(band_frames(np.zeros(SAMPLE_RATE * 5, np.float32)),
+                                    REFERENCE_HOP_S)
+    assert len(vectors) == 0 and len(times) == 0
+
+
+def _best_similarity(reference: BandFrames, query: BandFrames, transform: Transform) -> float:
+    ref_vectors, _, _ = descriptors(reference, REFERENCE_HOP_S)
+    query_vectors, _, _ = descriptors(query, 0.125, (transform,))
+    return float(np.median((query_vectors @ ref_vectors.T).max(axis=1)))
+
+
+def test_query_grid_recovers_a_speed_change() -> None:
+    """A 5 % faster clip matches poorly as it is and well under the matching transform."""
+    reference = _frames("knolls", 0, 30)
+    fast = _frames("knolls", 5, 10.5, speed=1.05)
+    identity = _best_similarity(reference, fast, Transform())
+    best = max(_best_similarity(reference, fast, t) for t in QUERY_GRID)
+    assert best > 0.85
+    assert best > identity + 0.1
+
+
+def test_unrelated_music_is_dissimilar() -> None:
+    reference = _frames("knolls", 0, 30)
+    other = _frames("battle", 5, 10)
+    assert _best_similarity(reference, other, Transform()) < 0.7
+
+
+# -- catalogue: store, index, alignment ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def catalogue(tmp_path_factory: pytest.TempPathFactory) -> Catalog:
+    catalog = Catalog(tmp_path_factory.mktemp("catalog"))
+    for name in CATALOGUE:
+        catalog.register(fixture(name), title=name)
+    return catalog
+
+
+def _write(tmp_path: Path, samples: np.ndarray, name: str = "clip.wav") -> Path:
+    return encode(tmp_path / name, samples)
+
+
+def test_match_finds_title_offset_and_speed(catalogue: Catalog, tmp_path: Path) -> None:
+    samples = sped_up(excerpt(load(fixture("loyalists")), 12.0, 8.4), 1.05)
+    matches = catalogue.match_media(_write(tmp_path, samples))
+    assert matches and matches[0].title == "loyalists"
+    top = matches[0]
+    reference_at_zero = top.reference_start_s - top.query_start_s * top.speed
+    assert abs(reference_at_zero - 12.0) < 0.5
+    assert abs(top.speed - 1.05) < 0.01
+    assert 0.5 <= top.score <= 1.0
+
+
+def test_clip_holding_two_references_returns_both(catalogue: Catalog, tmp_path: Path) -> None:
+    first = excerpt(load(fixture("battle")), 3.0, 10.0)
+    second = excerpt(load(fixture("knolls")), 15.0, 10.0)
+    matches = catalogue.match_media(_write(tmp_path, np.concatenate([first, second])))
+    by_title = {m.title: m for m in matches}
+    assert set(by_title) == {"battle", "knolls"}
+    assert by_title["battle"].query_end_s < 11.5 and by_title["knolls"].query_start_s > 8.5
+    assert abs(by_title["knolls"].reference_start_s
+               - (15.0 + by_title["knolls"].query_start_s - 10.0)) < 0.5
+
+
+def test_non_catalogue_music_and_speech_do_not_match(catalogue: Catalog) -> None:
+    assert catalogue.match_media(fixture("wanderer_not_in_catalogue")) == []
+    assert catalogue.match_media(fixture("speech_not_in_catalogue")) == []
+
+
+def test_silent_query_matches_nothing(catalogue: Catalog, tmp_path: Path) -> None:
+    assert catalogue.match_media(_write(tmp_path, np.zeros(5 * 22_050, np.float32))) == []
+
+
+def test_duplicate_bytes_are_noticed(catalogue: Catalog) -> None:
+    existing = {r.title: r.reference_id for r in catalogue.list()[0]}
+    with pytest.raises(DuplicateError) as caught:
+        catalogue.register(fixture("battle"), title="battle again")
+    assert caught.value.reference_id == existing["battle"]
+
+
+def test_list_pages_in_registration_order(catalogue: Catalog) -> None:
+    first, token, total = catalogue.list(page_size=3)
+    rest, end, _ = catalogue.list(page_size=3, page_token=token)
+    assert total == len(CATALOGUE) and end == ""
+    assert [r.title for r in first + rest] == list(CATALOGUE)
+    with pytest.raises(ValueError, match="page_token"):
+        catalogue.list(page_token="bogus")
+
+
+def test_restart_delete_and_rebuild(tmp_path: Path) -> None:
+    """The index survives a restart, a deletion is seen by the next query, and a lost index
+    file is rebuilt from the stored fingerprints."""
+    query = _write(tmp_path, excerpt(load(fixture("breaking_the_chains")), 4.0, 6.0))
+    data = tmp_path / "data"
+    catalog = Catalog(data)
+    kept = catalog.register(fixture("breaking_the_chains"), title="chains")
+    gone = catalog.register(fixture("battle"), title="battle")
+    catalog.close()
+
+    catalog = Catalog(data)
+    assert [m.title for m in catalog.match_media(query)] == ["chains"]
+    catalog.delete(kept.reference_id)
+    assert catalog.match_media(query) == []
+    with pytest.raises(NotFoundError):
+        catalog.get(kept.reference_id)
+    with pytest.raises(NotFoundError):
+        catalog.delete(kept.reference_id)
+    catalog.close()
+
+    (data / "index" / "audio.faiss").write_bytes(b"damaged")
+    catalog = Catalog(data)
+    assert catalog.get(gone.reference_id).title == "battle"
+    battle = _write(tmp_path, excerpt(load(fixture("battle")), 10.0, 6.0), "battle.wav")
+    assert [m.title for m in catalog.match_media(battle)] == ["battle"]
+    catalog.close()
