@@ -92,6 +92,9 @@ class MatchParams:
         return float(1.0 / (1.0 + np.exp(-(similarity - midpoint) / self.similarity_scale)))
 
 
+LONG_QUERY_S = 6.0
+"""Clips longer than this search with half their windows (see ``_search_windows``)."""
+
 VERIFY_SPAN_S = 6.0
 """A candidate is verified over at least this much of the query (window starts)."""
 
@@ -271,8 +274,10 @@ class Catalog:
         vectors, times, transform = descriptors(frames, QUERY_HOP_S, QUERY_GRID)
         if len(vectors) == 0 or self._index.ntotal == 0:
             return []
-        candidates = align.segments(self._hits(vectors, times, transform), WINDOW_S,
-                                    self.params.similarity_floor, self.params.min_evidence)
+        search = _search_windows(times, frames.duration_s)
+        candidates = align.segments(
+            self._hits(vectors[search], times[search], transform[search]), WINDOW_S,
+            self.params.similarity_floor, self.params.min_evidence)
         references = self._store.by_numbers(sorted({s.reference for s in candidates}))
         matches = []
         for segment in candidates:
@@ -321,6 +326,14 @@ class Catalog:
             similarity=sims.reshape(-1)[valid],
             time_scale=np.repeat(time_scale, k)[valid],
             transform=np.repeat(transform, k)[valid])
+
+
+def _search_windows(times: np.ndarray, duration_s: float) -> np.ndarray:
+    """Which query windows go to FAISS: all of a short clip, every other one of a long clip
+    (it has votes to spare, and search time is proportional). Verification uses all."""
+    if duration_s <= LONG_QUERY_S:
+        return np.ones(len(times), dtype=bool)
+    return np.round(times / QUERY_HOP_S).astype(np.int64) % 2 == 0
 
 
 def _slots(times: np.ndarray) -> np.ndarray:

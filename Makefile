@@ -1,0 +1,54 @@
+# One entry point for people and CI: `make serve`, `make test`.
+# Stamp files keep repeated runs fast: the venv is reinstalled only when pyproject.toml changes
+# and the gRPC code is regenerated only when the proto changes.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.clipmatch-installed
+PROTO := protos/clipmatch/v1/clipmatch.proto
+GENERATED := clipmatch/v1/clipmatch_pb2.py
+PACKAGE_INITS := clipmatch/__init__.py clipmatch/v1/__init__.py
+
+DATA_DIR ?= ./data
+LISTEN ?= 127.0.0.1:50051
+PYTEST_ARGS ?=
+
+.PHONY: serve test lint proto bench bench-quick clean
+
+serve: $(INSTALLED) $(GENERATED)
+	$(VENV)/bin/clipmatch serve --data-dir $(DATA_DIR) --listen $(LISTEN)
+
+test: lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(INSTALLED) $(GENERATED)
+	$(VENV)/bin/ruff check .
+
+proto: $(GENERATED)
+
+bench: $(INSTALLED) $(GENERATED)
+	bash benchmarks/setup.sh
+	$(PY) -m benchmarks.audio_grid
+
+bench-quick: $(INSTALLED) $(GENERATED)
+	bash benchmarks/setup.sh
+	$(PY) -m benchmarks.audio_grid --quick
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# The generated package must exist before the editable install lists it.
+$(PACKAGE_INITS):
+	mkdir -p $(@D)
+	touch $@
+
+$(INSTALLED): pyproject.toml $(PACKAGE_INITS) | $(PY)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+$(GENERATED): $(PROTO) $(INSTALLED)
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=. --grpc_python_out=. --pyi_out=. $(PROTO)
+
+clean:
+	rm -rf clipmatch .pytest_cache .ruff_cache *.egg-info $(INSTALLED)

@@ -1,0 +1,1 @@
+"""Python SDK (client.sdk.ClipmatchClient) and the `clipmatch` command line (client.cli)."""

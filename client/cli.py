@@ -1,0 +1,236 @@
+"""The `clipmatch` command: run the server, or register, match, list, get and delete references.
+
+Readable text by default; with --json, one JSON object per line on stdout, errors included,
+so a crawler can pipe the output straight into a log or a queue.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from tqdm import tqdm
+
+from client.sdk import ClipmatchClient, ClipmatchError, default_target
+from server import options as server_options
+
+FileAction = Callable[[ClipmatchClient, str], dict[str, Any]]
+
+
+def _rounded(value: Any, digits: int = 3) -> Any:
+    """Floats rounded to ``digits`` decimals, recursively: JSON people can read."""
+    if isinstance(value, float):
+        return round(value, digits)
+    if isinstance(value, dict):
+        return {key: _rounded(item, digits) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_rounded(item, digits) for item in value]
+    return value
+
+
+def _json_line(value: Any) -> str:
+    return json.dumps(_rounded(value), ensure_ascii=False)
+
+
+def _error(error: ClipmatchError) -> dict[str, str]:
+    return {"code": error.code, "message": error.message}
+
+
+def _report_error(error: ClipmatchError, as_json: bool, path: str | None = None) -> None:
+    """Errors go to stderr as text, or to stdout as JSON so every input gets one line."""
+    if as_json:
+        tqdm.write(_json_line({"path": path, "error": _error(error)} if path else
+                              {"error": _error(error)}), file=sys.stdout)
+    else:
+        prefix = f"{path}: " if path else ""
+        tqdm.write(f"{prefix}error {error.code}: {error.message}", file=sys.stderr)
+
+
+def _for_each_file(client: ClipmatchClient, paths: Sequence[str], action: FileAction,
+                   render: Callable[[str, dict[str, Any]], str], as_json: bool) -> int:
+    """Run ``action`` on each path and print one line (or one per match) for it.
+
+    A failing file is reported and the rest still run; the exit code is 1 if any failed.
+    An unreachable server stops the loop, since every other file would fail the same way.
+    """
+    failed = False
+    show_progress = len(paths) > 1 and sys.stderr.isatty()
+    for path in tqdm(paths, file=sys.stderr, unit="file", disable=not show_progress,
+                     leave=False):
+        try:
+            result = action(client, path)
+        except ClipmatchError as error:
+            _report_error(error, as_json, path)
+            if error.code == "UNAVAILABLE":
+                return 1
+            failed = True
+            continue
+        tqdm.write(_json_line({"path": path, **result}) if as_json else render(path, result),
+                   file=sys.stdout)
+    return 1 if failed else 0
+
+
+def _register(args: argparse.Namespace) -> FileAction:
+    def action(client: ClipmatchClient, path: str) -> dict[str, Any]:
+        ref = client.register(path, title=args.title, external_id=args.external_id)
+        return {key: ref[key] for key in ("reference_id", "title", "duration_s")}
+
+    return action
+
+
+def _render_registered(path: str, ref: dict[str, Any]) -> str:
+    return f'{path}: registered {ref["reference_id"]} "{ref["title"]}" ({ref["duration_s"]:.1f} s)'
+
+
+MATCH_KEYS = ("reference_id", "title", "modality", "score", "query_start_s", "query_end_s",
+              "reference_start_s", "reference_end_s", "speed")
+
+
+def _match(client: ClipmatchClient, path: str) -> dict[str, Any]:
+    result = client.match(path)
+    return {"matches": [{key: m[key] for key in MATCH_KEYS} for m in result["matches"]],
+            "elapsed_ms": result["elapsed_ms"]}
+
+
+def _render_matches(path: str, result: dict[str, Any]) -> str:
+    if not result["matches"]:
+        return f"{path}: no match"
+    return "\n".join(
+        f'{path}: "{m["title"]}" {m["reference_start_s"]:.1f}–{m["reference_end_s"]:.1f} s '
+        f'(clip {m["query_start_s"]:.1f}–{m["query_end_s"]:.1f} s) '
+        f'score {m["score"]:.2f} speed {m["speed"]:.2f}'
+        for m in result["matches"])
+
+
+def _render_reference(ref: dict[str, Any]) -> str:
+    created = datetime.fromtimestamp(ref["created_at"], UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    rows = {
+        "reference_id": ref["reference_id"],
+        "title": ref["title"],
+        "external_id": ref["external_id"],
+        "metadata": ", ".join(f"{k}={v}" for k, v in sorted(ref["metadata"].items())),
+        "duration": f'{ref["duration_s"]:.1f} s',
+        "modalities": ", ".join(ref["modalities"]),
+        "created": created,
+        "content_sha256": ref["content_sha256"],
+    }
+    return "\n".join(f"{key:<15} {value}" for key, value in rows.items())
+
+
+def _cmd_register(client: ClipmatchClient, args: argparse.Namespace) -> int:
+    return _for_each_file(client, args.paths, _register(args), _render_registered, args.json)
+
+
+def _cmd_match(client: ClipmatchClient, args: argparse.Namespace) -> int:
+    return _for_each_file(client, args.paths, _match, _render_matches, args.json)
+
+
+def _cmd_list(client: ClipmatchClient, args: argparse.Namespace) -> int:
+    references = client.list_all()
+    if args.json:
+        for ref in references:
+            print(_json_line(ref))
+        return 0
+    for ref in references:
+        print(f'{ref["reference_id"]}  {ref["duration_s"]:8.1f} s  {ref["title"]}')
+    print(f"{len(references)} reference{'' if len(references) == 1 else 's'}")
+    return 0
+
+
+def _cmd_get(client: ClipmatchClient, args: argparse.Namespace) -> int:
+    ref = client.get(args.reference_id)
+    print(_json_line(ref) if args.json else _render_reference(ref))
+    return 0
+
+
+def _cmd_delete(client: ClipmatchClient, args: argparse.Namespace) -> int:
+    client.delete(args.reference_id)
+    print(f"deleted {args.reference_id}")
+    return 0
+
+
+def _cmd_health(client: ClipmatchClient, args: argparse.Namespace) -> int:
+    status = client.health()
+    print(f"{client.target}: {status}")
+    return 0 if status == "SERVING" else 1
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from server.app import serve  # the index and its dependencies load only for this command
+
+    serve(args.data_dir, args.listen)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="clipmatch", description="Register reference media and identify clips of it.")
+    server_help = "server address (default $CLIPMATCH_SERVER, else 127.0.0.1:50051)"
+    parser.add_argument("--server", default=default_target(), metavar="HOST:PORT",
+                        help=server_help)
+    # Sub-commands accept --server too; SUPPRESS keeps the global value when it is absent.
+    remote = argparse.ArgumentParser(add_help=False)
+    remote.add_argument("--server", default=argparse.SUPPRESS, metavar="HOST:PORT",
+                        help=server_help)
+    as_json = argparse.ArgumentParser(add_help=False)
+    as_json.add_argument("--json", action="store_true", help="one JSON object per line")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the server in the foreground")
+    server_options.add_arguments(serve)
+
+    register = commands.add_parser("register", parents=[remote, as_json],
+                                   help="register reference media files")
+    register.add_argument("paths", nargs="+", metavar="PATH")
+    register.add_argument("--title", help="title (one file only; default: the file name)")
+    register.add_argument("--external-id", default="", metavar="ID",
+                          help="your own identifier for the reference")
+    register.set_defaults(run=_cmd_register)
+
+    match = commands.add_parser("match", parents=[remote, as_json],
+                                help="identify clips against the catalogue")
+    match.add_argument("paths", nargs="+", metavar="PATH")
+    match.set_defaults(run=_cmd_match)
+
+    listing = commands.add_parser("list", parents=[remote, as_json],
+                                  help="list every reference")
+    listing.set_defaults(run=_cmd_list)
+
+    get = commands.add_parser("get", parents=[remote, as_json], help="show one reference")
+    get.add_argument("reference_id", metavar="ID")
+    get.set_defaults(run=_cmd_get)
+
+    delete = commands.add_parser("delete", parents=[remote], help="delete a reference")
+    delete.add_argument("reference_id", metavar="REFERENCE_ID")
+    delete.set_defaults(run=_cmd_delete)
+
+    health = commands.add_parser("health", parents=[remote], help="check the server is up")
+    health.set_defaults(run=_cmd_health)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return _cmd_serve(args)
+    if args.command == "register" and args.title and len(args.paths) > 1:
+        parser.error("--title applies to a single file; register several files without it")
+    with ClipmatchClient(args.server) as client:
+        try:
+            return args.run(client, args)
+        except ClipmatchError as error:
+            _report_error(error, getattr(args, "json", False))
+            return 1
+        except BrokenPipeError:  # e.g. `clipmatch list --json | head -1`: stop quietly
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

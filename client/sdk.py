@@ -1,0 +1,202 @@
+"""ClipmatchClient: a small Python SDK over the clipmatch.v1 gRPC API that speaks plain dicts.
+
+Files are streamed in CHUNK_BYTES pieces, so any size works without loading it in memory.
+Every failure surfaces as ClipmatchError with the gRPC status name and the server's message.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
+
+import grpc
+import numpy as np
+from google.protobuf.message import Message
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from clipmatch.v1 import clipmatch_pb2 as pb
+from clipmatch.v1 import clipmatch_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    from fingerprint.audio import BandFrames
+
+DEFAULT_SERVER = "127.0.0.1:50051"
+CHUNK_BYTES = 256 * 1024
+UNARY_TIMEOUT_S = 60.0
+"""Deadline for calls that carry no media; uploads have none, as their size is unbounded."""
+
+T = TypeVar("T")
+
+
+class ClipmatchError(Exception):
+    """A call failed; ``code`` is the gRPC status name (e.g. "NOT_FOUND")."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+def default_target() -> str:
+    """$CLIPMATCH_SERVER, else the address `clipmatch serve` listens on by default."""
+    return os.environ.get("CLIPMATCH_SERVER") or DEFAULT_SERVER
+
+
+def modality_name(value: int) -> str:
+    """MODALITY_AUDIO_VIDEO -> "audio+video", the library's spelling."""
+    return pb.Modality.Name(value).removeprefix("MODALITY_").lower().replace("_", "+")
+
+
+def reference_dict(ref: pb.Reference) -> dict[str, Any]:
+    return {
+        "reference_id": ref.reference_id,
+        "title": ref.title,
+        "external_id": ref.external_id,
+        "metadata": dict(ref.metadata),
+        "duration_s": ref.duration_s,
+        "modalities": [modality_name(m) for m in ref.modalities],
+        "created_at": ref.created_at,
+        "content_sha256": ref.content_sha256,
+    }
+
+
+def match_dict(match: pb.Match) -> dict[str, Any]:
+    return {
+        "reference_id": match.reference_id,
+        "title": match.title,
+        "external_id": match.external_id,
+        "modality": modality_name(match.modality),
+        "score": match.score,
+        "query_start_s": match.query_start_s,
+        "query_end_s": match.query_end_s,
+        "reference_start_s": match.reference_start_s,
+        "reference_end_s": match.reference_end_s,
+        "speed": match.speed,
+    }
+
+
+def _open(path: Path) -> BinaryIO:
+    """Open a file to upload, failing before any call if it cannot be read."""
+    try:
+        return path.open("rb")
+    except OSError as exc:
+        raise ClipmatchError("INVALID_ARGUMENT", f"cannot read {path}: {exc.strerror}") from None
+
+
+def _chunked(media: BinaryIO, header: Message, request_type: type[Message], chunk_bytes: int
+             ) -> Iterator[Message]:
+    """The request stream: the header, then the file in chunks, read lazily."""
+    yield request_type(header=header)
+    while chunk := media.read(chunk_bytes):
+        yield request_type(chunk=chunk)
+
+
+class ClipmatchClient:
+    """Client for a clipmatch server; use as a context manager or call close()."""
+
+    def __init__(self, target: str | None = None, chunk_bytes: int = CHUNK_BYTES) -> None:
+        self.target = target or default_target()
+        self.chunk_bytes = chunk_bytes
+        self._channel = grpc.insecure_channel(self.target)
+        self._references = pb_grpc.ReferenceServiceStub(self._channel)
+        self._matcher = pb_grpc.MatchServiceStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    def __enter__(self) -> ClipmatchClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _call(self, rpc: Callable[..., T], request: Any, timeout: float | None = UNARY_TIMEOUT_S
+              ) -> T:
+        """Invoke ``rpc``, turning gRPC failures into ClipmatchError with a useful message."""
+        try:
+            return rpc(request, timeout=timeout)
+        except grpc.RpcError as exc:
+            code: grpc.StatusCode = exc.code()
+            if code == grpc.StatusCode.UNAVAILABLE:
+                raise ClipmatchError(code.name, (
+                    f"cannot reach the clipmatch server at {self.target} ({exc.details()}); "
+                    "start one with `clipmatch serve` or `make serve`, or point --server / "
+                    "CLIPMATCH_SERVER at a running one")) from None
+            raise ClipmatchError(code.name, exc.details() or code.name) from None
+
+    def register(self, path: str | os.PathLike[str], title: str | None = None,
+                 external_id: str = "", metadata: Mapping[str, str] | None = None
+                 ) -> dict[str, Any]:
+        """Register a reference file; the server titles it with the file name if title is None."""
+        path = Path(path)
+        header = pb.ReferenceHeader(title=title or "", external_id=external_id,
+                                    metadata=dict(metadata or {}), filename=path.name)
+        with _open(path) as media:
+            response = self._call(
+                self._references.CreateReference,
+                _chunked(media, header, pb.CreateReferenceRequest, self.chunk_bytes),
+                timeout=None)
+        return reference_dict(response.reference)
+
+    def match(self, path: str | os.PathLike[str]) -> dict[str, Any]:
+        """Identify a clip: {"matches": [...], "elapsed_ms", "query_duration_s"}."""
+        path = Path(path)
+        header = pb.MatchClipHeader(filename=path.name)
+        with _open(path) as media:
+            response = self._call(
+                self._matcher.MatchClip,
+                _chunked(media, header, pb.MatchClipRequest, self.chunk_bytes), timeout=None)
+        return _match_result(response)
+
+    def match_fingerprint(self, frames: BandFrames) -> dict[str, Any]:
+        """Identify a clip from band frames computed locally with fingerprint.audio."""
+        values = np.ascontiguousarray(frames.values, dtype="<f2")
+        audio = pb.AudioFingerprint(format=frames.format, frame_rate_hz=frames.frame_rate_hz,
+                                    num_bands=values.shape[1], values=values.tobytes())
+        response = self._call(self._matcher.MatchFingerprint,
+                              pb.MatchFingerprintRequest(audio=audio))
+        return _match_result(response)
+
+    def get(self, reference_id: str) -> dict[str, Any]:
+        response = self._call(self._references.GetReference,
+                              pb.GetReferenceRequest(reference_id=reference_id))
+        return reference_dict(response.reference)
+
+    def list(self, page_size: int = 0, page_token: str = "") -> dict[str, Any]:
+        """One page: {"references": [...], "next_page_token", "total_count"}."""
+        response = self._call(self._references.ListReferences,
+                              pb.ListReferencesRequest(page_size=page_size,
+                                                       page_token=page_token))
+        return {"references": [reference_dict(r) for r in response.references],
+                "next_page_token": response.next_page_token,
+                "total_count": response.total_count}
+
+    def list_all(self, page_size: int = 0) -> list[dict[str, Any]]:
+        """Every reference, following next_page_token to the end."""
+        references: list[dict[str, Any]] = []
+        token = ""
+        while True:
+            page = self.list(page_size=page_size, page_token=token)
+            references.extend(page["references"])
+            token = page["next_page_token"]
+            if not token:
+                return references
+
+    def delete(self, reference_id: str) -> None:
+        self._call(self._references.DeleteReference,
+                   pb.DeleteReferenceRequest(reference_id=reference_id))
+
+    def health(self, service: str = "") -> str:
+        """Serving status of ``service`` ("" = the whole server), e.g. "SERVING"."""
+        response = self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service))
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+
+def _match_result(response: pb.MatchClipResponse | pb.MatchFingerprintResponse
+                  ) -> dict[str, Any]:
+    return {"matches": [match_dict(m) for m in response.matches],
+            "elapsed_ms": response.elapsed_ms,
+            "query_duration_s": response.query_duration_s}

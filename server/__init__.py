@@ -1,0 +1,1 @@
+"""gRPC shell around the clipmatch library: ReferenceService, MatchService, health, reflection."""

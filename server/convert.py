@@ -1,0 +1,81 @@
+"""Conversions between the library's types and clipmatch.v1 messages."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from clipmatch.v1 import clipmatch_pb2 as pb
+from fingerprint.audio import FORMAT, BandFrames
+from index.catalog import Match, Reference
+
+MODALITIES: dict[str, int] = {
+    "audio": pb.MODALITY_AUDIO,
+    "video": pb.MODALITY_VIDEO,
+    "audio+video": pb.MODALITY_AUDIO_VIDEO,
+}
+
+
+class InvalidRequest(ValueError):
+    """The request itself is malformed; the message tells the caller what to fix."""
+
+
+def modality(name: str) -> int:
+    """The wire enum for a library modality name (unknown names stay UNSPECIFIED)."""
+    return MODALITIES.get(name, pb.MODALITY_UNSPECIFIED)
+
+
+def reference_message(ref: Reference) -> pb.Reference:
+    return pb.Reference(
+        reference_id=ref.reference_id,
+        title=ref.title,
+        external_id=ref.external_id,
+        metadata=dict(ref.metadata),
+        duration_s=ref.duration_s,
+        modalities=[modality(m) for m in ref.modalities],
+        created_at=ref.created_at,
+        content_sha256=ref.content_sha256,
+    )
+
+
+def match_message(match: Match) -> pb.Match:
+    return pb.Match(
+        reference_id=match.reference_id,
+        title=match.title,
+        external_id=match.external_id,
+        modality=modality(match.modality),
+        score=match.score,
+        query_start_s=match.query_start_s,
+        query_end_s=match.query_end_s,
+        reference_start_s=match.reference_start_s,
+        reference_end_s=match.reference_end_s,
+        speed=match.speed,
+    )
+
+
+def band_frames(audio: pb.AudioFingerprint) -> BandFrames:
+    """Decode a wire fingerprint (little-endian float16, frames x bands) into BandFrames.
+
+    Raises InvalidRequest for anything the library could not use, with a message that says
+    what was expected, so a crawler author can fix their side without reading our code.
+    """
+    if audio.format != FORMAT:
+        raise InvalidRequest(
+            f"fingerprint format {audio.format!r} is not supported; this server reads {FORMAT!r}")
+    if audio.num_bands == 0:
+        raise InvalidRequest("num_bands must be positive")
+    if not audio.values:
+        raise InvalidRequest("the fingerprint has no frames (values is empty)")
+    row_bytes = 2 * audio.num_bands
+    if len(audio.values) % row_bytes:
+        raise InvalidRequest(
+            f"values holds {len(audio.values)} bytes, not a whole number of frames of "
+            f"{audio.num_bands} float16 bands ({row_bytes} bytes each)")
+    if not (np.isfinite(audio.frame_rate_hz) and audio.frame_rate_hz > 0):
+        raise InvalidRequest(f"frame_rate_hz must be a positive number, got {audio.frame_rate_hz}")
+    values = np.frombuffer(audio.values, dtype="<f2").reshape(-1, audio.num_bands)
+    if not np.isfinite(values).all():
+        raise InvalidRequest("values contain NaN or infinite numbers")
+    try:
+        return BandFrames(values.astype(np.float32), audio.frame_rate_hz, audio.format)
+    except ValueError as exc:  # band count or frame rate the library does not use
+        raise InvalidRequest(str(exc)) from exc

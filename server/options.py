@@ -1,0 +1,20 @@
+"""Server command-line options, shared by `python -m server` and `clipmatch serve`.
+
+Kept free of heavy imports so the CLI can build its parser without loading the index.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+DEFAULT_DATA_DIR = "./data"
+DEFAULT_LISTEN = "127.0.0.1:50051"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add --data-dir and --listen to ``parser``."""
+    parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
+                        help=f"catalogue directory, created if absent (default {DEFAULT_DATA_DIR})")
+    parser.add_argument("--listen", default=DEFAULT_LISTEN,
+                        help=f"HOST:PORT to listen on; port 0 picks a free one "
+                             f"(default {DEFAULT_LISTEN})")

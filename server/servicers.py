@@ -1,0 +1,257 @@
+"""ReferenceService and MatchService: stream uploads to disk, call the Catalog, map errors.
+
+Every RPC goes through ``_rpc``, which turns library exceptions into gRPC status codes with
+the library's human message, logs one JSON line per call, and turns anything unexpected
+into INTERNAL so that a bug in one request never takes the server down.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import re
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import grpc
+
+from clipmatch.v1 import clipmatch_pb2 as pb
+from clipmatch.v1 import clipmatch_pb2_grpc as pb_grpc
+from fingerprint.audio import band_frames
+from fingerprint.decode import MediaError, decode_audio
+from index.catalog import Catalog, DuplicateError, Match, NotFoundError
+from server import convert, logs
+from server.convert import InvalidRequest
+
+MAX_PAGE_SIZE = 1000
+DEFAULT_PAGE_SIZE = 100
+
+Response = TypeVar("Response", pb.MatchClipResponse, pb.MatchFingerprintResponse)
+Handler = Callable[[Any, Any, grpc.ServicerContext, dict[str, Any]], Any]
+Method = Callable[[Any, Any, grpc.ServicerContext], Any]
+
+
+def _rpc(handler: Handler) -> Method:
+    """Wrap a handler taking an extra ``fields`` dict (added to its log line) into a gRPC
+    method with error mapping and one structured log line per call."""
+
+    @functools.wraps(handler)
+    def method(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        fields: dict[str, Any] = {}
+        started = time.perf_counter()
+        code, message = grpc.StatusCode.OK, ""
+        try:
+            return handler(self, request, context, fields)
+        except InvalidRequest as exc:
+            code, message = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+        except DuplicateError as exc:
+            code, message = grpc.StatusCode.ALREADY_EXISTS, _duplicate_message(exc)
+            fields["reference_id"] = exc.reference_id
+        except MediaError as exc:
+            code, message = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+        except NotFoundError as exc:
+            code, message = grpc.StatusCode.NOT_FOUND, str(exc)
+        except (grpc.RpcError, ClientCancelled):  # the client cancelled or went away
+            code, message = grpc.StatusCode.CANCELLED, "the client cancelled the call"
+        except Exception as exc:
+            code = grpc.StatusCode.INTERNAL
+            message = f"internal error ({type(exc).__name__}); the server log has the details"
+            logs.event("rpc_crashed", logging.ERROR, exc_info=True, method=handler.__name__)
+        finally:
+            logs.event("rpc", method=handler.__name__, status=code.name,
+                       elapsed_ms=round(_elapsed_ms(started), 1),
+                       peer=context.peer(), **fields, **({"message": message} if message else {}))
+        context.abort(code, message)
+
+    return method
+
+
+def _duplicate_message(exc: DuplicateError) -> str:
+    message = str(exc)
+    if exc.reference_id in message:
+        return message
+    return f"{message} (existing reference_id {exc.reference_id})"
+
+
+class ClientCancelled(Exception):
+    """The client cancelled the call (or its deadline passed) before the answer."""
+
+
+class ChunkedRequest(Protocol):
+    """CreateReferenceRequest and MatchClipRequest: a header, then chunks."""
+
+    header: Any
+    chunk: bytes
+
+    def WhichOneof(self, group: str) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class Upload:
+    header: Any
+    path: Path
+    started: float
+    """time.perf_counter() when the first message arrived: elapsed_ms counts from here."""
+
+
+def _basename(filename: str) -> str:
+    """The client's file name without any directory, whichever separator it used."""
+    return filename.replace("\\", "/").rsplit("/", 1)[-1].strip()
+
+
+def _suffix(filename: str) -> str:
+    """The client's file extension, if it looks like one: it helps FFmpeg pick a demuxer."""
+    suffix = Path(_basename(filename)).suffix
+    return suffix if re.fullmatch(r"\.[A-Za-z0-9]{1,8}", suffix) else ""
+
+
+@contextmanager
+def received_upload(requests: Iterator[ChunkedRequest], upload_dir: Path,
+                    fields: dict[str, Any]) -> Iterator[Upload]:
+    """Write a header-then-chunks stream to a temporary file, one chunk in memory at a time,
+    and delete the file when the block ends. Notes the file name and size in ``fields``."""
+    first = next(requests, None)
+    started = time.perf_counter()
+    if first is None or first.WhichOneof("payload") != "header":
+        raise InvalidRequest(
+            "the stream must start with a header message, then send the media bytes in "
+            "chunk messages")
+    fields["filename"] = first.header.filename
+    fd, name = tempfile.mkstemp(prefix="upload-", suffix=_suffix(first.header.filename),
+                                dir=upload_dir)
+    path = Path(name)
+    try:
+        size = 0
+        with os.fdopen(fd, "wb") as out:
+            for request in requests:
+                if request.WhichOneof("payload") != "chunk":
+                    raise InvalidRequest("after the header, every message must be a chunk")
+                out.write(request.chunk)
+                size += len(request.chunk)
+                fields["bytes"] = size
+        if size == 0:
+            raise MediaError("the upload is empty (0 bytes): send the media file's bytes in "
+                             "chunk messages after the header")
+        yield Upload(first.header, path, started)
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _elapsed_ms(started: float) -> float:
+    return (time.perf_counter() - started) * 1000.0
+
+
+class ReferenceServicer(pb_grpc.ReferenceServiceServicer):
+    """Register, look up, page through and delete reference media."""
+
+    def __init__(self, catalog: Catalog, upload_dir: Path) -> None:
+        self.catalog = catalog
+        self.upload_dir = upload_dir
+
+    @_rpc
+    def CreateReference(self, requests: Iterator[pb.CreateReferenceRequest],
+                        context: grpc.ServicerContext, fields: dict[str, Any]
+                        ) -> pb.CreateReferenceResponse:
+        with received_upload(requests, self.upload_dir, fields) as upload:
+            header: pb.ReferenceHeader = upload.header
+            ref = self.catalog.register(
+                upload.path, title=_title(header), external_id=header.external_id,
+                metadata=dict(header.metadata),
+            )
+        fields.update(reference_id=ref.reference_id, duration_s=round(ref.duration_s, 3))
+        if not context.is_active():
+            # gRPC can end the request stream of a cancelled call as if it were complete, so
+            # the upload may be truncated; the caller never learns this id either: undo.
+            self.catalog.delete(ref.reference_id)
+            raise ClientCancelled()
+        return pb.CreateReferenceResponse(reference=convert.reference_message(ref))
+
+    @_rpc
+    def GetReference(self, request: pb.GetReferenceRequest, context: grpc.ServicerContext,
+                     fields: dict[str, Any]) -> pb.GetReferenceResponse:
+        fields["reference_id"] = _required_id(request.reference_id)
+        ref = self.catalog.get(request.reference_id)
+        return pb.GetReferenceResponse(reference=convert.reference_message(ref))
+
+    @_rpc
+    def ListReferences(self, request: pb.ListReferencesRequest, context: grpc.ServicerContext,
+                       fields: dict[str, Any]) -> pb.ListReferencesResponse:
+        if not 0 <= request.page_size <= MAX_PAGE_SIZE:
+            raise InvalidRequest(
+                f"page_size must be between 0 and {MAX_PAGE_SIZE} (0 means "
+                f"{DEFAULT_PAGE_SIZE}), got {request.page_size}")
+        try:
+            refs, next_token, total = self.catalog.list(
+                page_size=request.page_size or DEFAULT_PAGE_SIZE, page_token=request.page_token)
+        except ValueError as exc:  # the library rejects tokens it did not issue
+            raise InvalidRequest(str(exc)) from exc
+        fields.update(returned=len(refs), total_count=total)
+        return pb.ListReferencesResponse(
+            references=[convert.reference_message(ref) for ref in refs],
+            next_page_token=next_token, total_count=total)
+
+    @_rpc
+    def DeleteReference(self, request: pb.DeleteReferenceRequest,
+                        context: grpc.ServicerContext, fields: dict[str, Any]
+                        ) -> pb.DeleteReferenceResponse:
+        fields["reference_id"] = _required_id(request.reference_id)
+        self.catalog.delete(request.reference_id)
+        return pb.DeleteReferenceResponse()
+
+
+def _title(header: pb.ReferenceHeader) -> str:
+    """The header's title, else the uploaded file's name (without any directory)."""
+    title = header.title.strip() or _basename(header.filename)
+    if not title:
+        raise InvalidRequest("the header needs a title or a filename to use as the title")
+    return title
+
+
+def _required_id(reference_id: str) -> str:
+    if not reference_id:
+        raise InvalidRequest("reference_id is required")
+    return reference_id
+
+
+class MatchServicer(pb_grpc.MatchServiceServicer):
+    """Identify clips (as media or as client-computed fingerprints) against the catalogue."""
+
+    def __init__(self, catalog: Catalog, upload_dir: Path) -> None:
+        self.catalog = catalog
+        self.upload_dir = upload_dir
+
+    @_rpc
+    def MatchClip(self, requests: Iterator[pb.MatchClipRequest], context: grpc.ServicerContext,
+                  fields: dict[str, Any]) -> pb.MatchClipResponse:
+        with received_upload(requests, self.upload_dir, fields) as upload:
+            # Decoded here rather than in match_media so the clip's true duration comes along.
+            frames = band_frames(decode_audio(upload.path))
+            matches = self.catalog.match_frames(frames)
+        return _answer(pb.MatchClipResponse, matches, upload.started, frames.duration_s, fields)
+
+    @_rpc
+    def MatchFingerprint(self, request: pb.MatchFingerprintRequest,
+                         context: grpc.ServicerContext, fields: dict[str, Any]
+                         ) -> pb.MatchFingerprintResponse:
+        started = time.perf_counter()
+        frames = convert.band_frames(request.audio)
+        try:
+            matches = self.catalog.match_frames(frames)
+        except ValueError as exc:  # e.g. a band count or frame rate this index was not built for
+            raise InvalidRequest(str(exc)) from exc
+        return _answer(pb.MatchFingerprintResponse, matches, started, frames.duration_s, fields)
+
+
+def _answer(response_type: type[Response], matches: list[Match], started: float,
+            duration_s: float, fields: dict[str, Any]) -> Response:
+    """A match response, with ``elapsed_ms`` counted from ``started``; notes it for the log."""
+    fields.update(matches=len(matches), query_duration_s=round(duration_s, 3),
+                  reference_ids=[m.reference_id for m in matches])
+    return response_type(matches=[convert.match_message(m) for m in matches],
+                         elapsed_ms=_elapsed_ms(started), query_duration_s=duration_s)

@@ -1,0 +1,104 @@
+"""Fixtures that run the REAL server as a subprocess on a free loopback port.
+
+The server logs one JSON object per line on stderr; the fixture reads the port it bound from
+the "serving" event and keeps every log line for assertions. Teardown stops it with SIGTERM
+and checks it shut down cleanly, with no request having crashed.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from client.sdk import ClipmatchClient
+
+REPO = Path(__file__).resolve().parent.parent
+START_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 30.0
+SERVER_COMMAND = (sys.executable, "-m", "server")
+
+
+class ServerProcess:
+    """One server process over ``data_dir``; start, stop and restart it like an operator."""
+
+    def __init__(self, data_dir: Path, command: Sequence[str] = SERVER_COMMAND) -> None:
+        self.data_dir = data_dir
+        self.command = list(command)
+        self.target = ""
+        self.logs: list[dict[str, Any]] = []
+        self._process: subprocess.Popen[str] | None = None
+
+    def start(self) -> None:
+        process = subprocess.Popen(
+            [*self.command, "--data-dir", str(self.data_dir), "--listen", "127.0.0.1:0"],
+            cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, text=True)
+        self._process = process
+        serving = threading.Event()
+
+        def drain() -> None:  # keep reading, or a full pipe would block the server's logging
+            for line in process.stderr:
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:
+                    entry = {"event": "non_json_output", "line": line.rstrip()}
+                self.logs.append(entry)
+                if entry.get("event") == "serving":
+                    self.target = entry["listen"]
+                    serving.set()
+
+        threading.Thread(target=drain, daemon=True).start()
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not serving.wait(0.1):
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError(f"server did not start; its last output: {self.logs[-10:]}")
+        with ClipmatchClient(self.target) as client:
+            assert client.health() == "SERVING"
+
+    def stop(self) -> int:
+        """SIGTERM, as a supervisor would send; returns the exit code."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGTERM)
+        return self._process.wait(STOP_TIMEOUT_S)
+
+    def restart(self) -> None:
+        assert self.stop() == 0
+        self.start()
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return [entry for entry in self.logs if entry.get("event") == name]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    process = ServerProcess(tmp_path_factory.mktemp("data"))
+    process.start()
+    yield process
+    assert process.stop() == 0
+    assert process.events("stopped"), "the server did not log a clean shutdown"
+    assert not process.events("rpc_crashed"), process.events("rpc_crashed")
+    assert not process.events("non_json_output"), process.events("non_json_output")
+
+
+@pytest.fixture
+def client(server: ServerProcess) -> Iterator[ClipmatchClient]:
+    with ClipmatchClient(server.target) as sdk:
+        yield sdk
+
+
+@pytest.fixture
+def channel(server: ServerProcess) -> Iterator[grpc.Channel]:
+    """A raw channel, for requests the SDK never sends (malformed streams, bad fingerprints)."""
+    with grpc.insecure_channel(server.target) as raw:
+        yield raw

@@ -1,0 +1,118 @@
+"""Test media made at test time with PyAV, NumPy and SciPy only (no system ffmpeg).
+
+The fixtures in tests/fixtures are real music; these helpers cut, degrade and re-encode them
+the way clips found in the wild are degraded: re-encoded at a low bitrate, sped up, noisy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+from scipy.signal import resample_poly
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SAMPLE_RATE = 22_050
+"""The fixtures' own rate: loading at it avoids a resampling step."""
+
+CATALOGUE = ("battle", "breaking_the_chains", "knolls", "loyalists")
+"""Fixtures registered as references; the *_not_in_catalogue ones never are."""
+
+
+def fixture(name: str) -> Path:
+    return FIXTURES / f"{name}.ogg"
+
+
+def load(path: Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Decode the first audio stream to float32 mono at ``sample_rate``."""
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+    chunks: list[np.ndarray] = []
+    with av.open(str(path)) as container:
+        for frame in container.decode(audio=0):
+            chunks.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(frame))
+    chunks.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(None))
+    return np.concatenate(chunks)
+
+
+def excerpt(samples: np.ndarray, start_s: float, duration_s: float,
+            sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    start = round(start_s * sample_rate)
+    return samples[start:start + round(duration_s * sample_rate)]
+
+
+def sped_up(samples: np.ndarray, factor: float) -> np.ndarray:
+    """Play ``factor`` times faster (pitch rises too, like a sped-up tape or upload)."""
+    ratio = Fraction(factor).limit_denominator(100)
+    return resample_poly(samples, ratio.denominator, ratio.numerator).astype(np.float32)
+
+
+def with_noise(samples: np.ndarray, snr_db: float, seed: int = 0) -> np.ndarray:
+    """Add white noise ``snr_db`` below the signal's power."""
+    noise = np.random.default_rng(seed).standard_normal(samples.size).astype(np.float32)
+    noise *= np.sqrt(np.mean(samples**2) / 10 ** (snr_db / 10)) / np.std(noise)
+    return np.clip(samples + noise, -1.0, 1.0)
+
+
+def encode(path: Path, samples: np.ndarray, sample_rate: int = SAMPLE_RATE,
+           codec: str = "pcm_s16le", bit_rate: int | None = None, channels: int = 1) -> Path:
+    """Write mono ``samples`` to ``path`` (container from its suffix) with ``codec``,
+    duplicated to ``channels`` channels. PyAV re-frames, converts and, for a codec that does
+    not take ``sample_rate`` (Opus), resamples to the nearest rate the codec takes."""
+    layout = {1: "mono", 2: "stereo"}[channels]
+    rates = av.Codec(codec, "w").audio_rates
+    rate = min(rates, key=lambda r: abs(r - sample_rate)) if rates else sample_rate
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=rate, layout=layout)
+        if bit_rate:
+            stream.bit_rate = bit_rate
+        planes = np.repeat(samples.astype(np.float32)[None, :], channels, axis=0)
+        frame = av.AudioFrame.from_ndarray(planes, format="fltp", layout=layout)
+        frame.sample_rate = sample_rate
+        for frame_in in (frame, None):
+            container.mux(stream.encode(frame_in))
+    return path
+
+
+def video_only(path: Path, frames: int = 12) -> Path:
+    """A short, valid video file with no audio track."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=12)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(frames):
+            image = np.full((48, 64, 3), i * 20, dtype=np.uint8)
+            video_frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            container.mux(stream.encode(video_frame))
+        container.mux(stream.encode(None))
+    return path
+
+
+@dataclass(frozen=True)
+class Clip:
+    """A query cut from a fixture and degraded: ``start_s`` and ``duration_s`` are in the
+    reference's time; ``speed`` > 1 plays it faster; ``snr_db`` adds noise."""
+
+    name: str
+    start_s: float
+    duration_s: float
+    speed: float = 1.0
+    snr_db: float | None = None
+    suffix: str = ".wav"
+    codec: str = "pcm_s16le"
+    bit_rate: int | None = None
+
+    @property
+    def title(self) -> str:
+        """The title the service gives the fixture when registered without one."""
+        return fixture(self.name).name
+
+    def write(self, directory: Path) -> Path:
+        samples = excerpt(load(fixture(self.name)), self.start_s, self.duration_s)
+        if self.speed != 1.0:
+            samples = sped_up(samples, self.speed)
+        if self.snr_db is not None:
+            samples = with_noise(samples, self.snr_db)
+        return encode(directory / f"{self.name}-{self.start_s:g}s{self.suffix}", samples,
+                      codec=self.codec, bit_rate=self.bit_rate)

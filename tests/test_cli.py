@@ -1,0 +1,148 @@
+"""The real `clipmatch` command line against the real server: output shapes and exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import REPO, ServerProcess
+from tests.media import Clip, fixture
+
+CLI = (sys.executable, "-m", "client.cli")
+MATCH_KEYS = {"reference_id", "title", "modality", "score", "query_start_s", "query_end_s",
+              "reference_start_s", "reference_end_s", "speed"}
+
+
+def clipmatch(*args: str | Path, server: str | None = None,
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the CLI as a user would; ``server`` goes in --server when given."""
+    flags = ["--server", server] if server else []
+    return subprocess.run([*CLI, *flags, *map(str, args)], cwd=REPO, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, **(env or {})},
+                          stdin=subprocess.DEVNULL)
+
+
+def json_lines(result: subprocess.CompletedProcess[str]) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+def decimals(value: float) -> int:
+    text = repr(value)
+    return len(text.split(".")[1]) if "." in text else 0
+
+
+@pytest.fixture(scope="module")
+def registered(server: ServerProcess, tmp_path_factory: pytest.TempPathFactory
+               ) -> dict[str, dict[str, Any]]:
+    """Two references registered through the CLI, by title; a bad file fails on its own."""
+    bad = tmp_path_factory.mktemp("bad") / "not-media.mp3"
+    bad.write_text("not audio at all")
+    result = clipmatch("register", fixture("battle"), bad, fixture("knolls"), "--json",
+                       server=server.target)
+    assert result.returncode == 1, result.stderr
+    lines = json_lines(result)
+    assert [line["path"] for line in lines] == [str(fixture("battle")), str(bad),
+                                                 str(fixture("knolls"))]
+    failed = lines.pop(1)
+    assert failed["error"]["code"] == "INVALID_ARGUMENT"
+    assert failed["error"]["message"]
+    for line in lines:
+        assert line.keys() == {"path", "reference_id", "title", "duration_s"}
+        assert decimals(line["duration_s"]) <= 3
+    return {line["title"]: line for line in lines}
+
+
+def test_register_readable_output(registered: dict[str, dict[str, Any]],
+                                  server: ServerProcess) -> None:
+    result = clipmatch("register", fixture("loyalists"), "--title", "Loyalists",
+                       "--external-id", "wesnoth:loyalists", server=server.target)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{fixture('loyalists')}: registered ")
+    assert '"Loyalists" (30.0 s)' in result.stdout
+
+
+def test_register_title_with_several_files_is_a_usage_error(server: ServerProcess) -> None:
+    result = clipmatch("register", fixture("battle"), fixture("knolls"), "--title", "x",
+                       server=server.target)
+    assert result.returncode == 2
+    assert "--title" in result.stderr
+
+
+def test_match_json_lines(registered: dict[str, dict[str, Any]], server: ServerProcess,
+                          tmp_path: Path) -> None:
+    found = Clip("battle", 10.0, 8.0).write(tmp_path)
+    unknown = Clip("wanderer_not_in_catalogue", 2.0, 8.0).write(tmp_path)
+    result = clipmatch("match", found, unknown, "--json", server=server.target)
+    assert result.returncode == 0, result.stderr
+    hit, miss = json_lines(result)
+    assert hit.keys() == miss.keys() == {"path", "matches", "elapsed_ms"}
+    assert (hit["path"], miss["path"], miss["matches"]) == (str(found), str(unknown), [])
+    match = hit["matches"][0]
+    assert match.keys() == MATCH_KEYS
+    assert (match["title"], match["reference_id"]) == (
+        "battle.ogg", registered["battle.ogg"]["reference_id"])
+    assert all(decimals(match[key]) <= 3 for key in MATCH_KEYS - {"reference_id", "title",
+                                                                   "modality"})
+
+
+def test_match_readable_output(registered: dict[str, dict[str, Any]], server: ServerProcess,
+                               tmp_path: Path) -> None:
+    found = Clip("knolls", 20.0, 8.0).write(tmp_path)
+    unknown = Clip("speech_not_in_catalogue", 0.0, 8.0).write(tmp_path)
+    result = clipmatch("match", found, unknown, server=server.target)
+    assert result.returncode == 0, result.stderr
+    first, *_, last = result.stdout.splitlines()
+    assert first.startswith(f'{found}: "knolls.ogg" ')
+    assert "(clip " in first
+    assert " score " in first
+    assert " speed " in first
+    assert last == f"{unknown}: no match"
+
+
+def test_list_get_delete(registered: dict[str, dict[str, Any]], server: ServerProcess) -> None:
+    listed = json_lines(clipmatch("list", "--json", server=server.target))
+    assert {ref["reference_id"] for ref in registered.values()} <= {
+        ref["reference_id"] for ref in listed}
+    readable = clipmatch("list", server=server.target).stdout.splitlines()
+    assert readable[-1] == f"{len(listed)} references"
+
+    reference_id = registered["knolls.ogg"]["reference_id"]
+    got = json_lines(clipmatch("get", reference_id, "--json", server=server.target))
+    assert got[0]["title"] == "knolls.ogg"
+    assert "title           knolls.ogg" in clipmatch("get", reference_id,
+                                                     server=server.target).stdout
+
+    deleted = clipmatch("delete", reference_id, server=server.target)
+    assert (deleted.returncode, deleted.stdout) == (0, f"deleted {reference_id}\n")
+    gone = clipmatch("get", reference_id, server=server.target)
+    assert gone.returncode == 1
+    assert gone.stderr.startswith("error NOT_FOUND: ")
+
+
+def test_health_uses_the_environment(server: ServerProcess) -> None:
+    result = clipmatch("health", env={"CLIPMATCH_SERVER": server.target})
+    assert (result.returncode, result.stdout) == (0, f"{server.target}: SERVING\n")
+
+
+def test_unreachable_server_says_how_to_start_one() -> None:
+    with socket.socket() as probe:  # a port nothing listens on once the probe closes
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = clipmatch("health", server=f"127.0.0.1:{port}")
+    assert result.returncode == 1
+    assert "UNAVAILABLE" in result.stderr
+    assert "clipmatch serve" in result.stderr
+
+
+def test_serve_command_runs_and_stops_cleanly(tmp_path: Path) -> None:
+    process = ServerProcess(tmp_path / "data", command=(*CLI, "serve"))
+    process.start()
+    assert process.stop() == 0
+    assert process.events("stopped")
