@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import io
 import os
+from functools import lru_cache
 from math import gcd
 from pathlib import Path
 
 import av
 import numpy as np
-from scipy.signal import resample_poly
+from scipy.signal import firwin, resample_poly
 
 SAMPLE_RATE = 8000
 """Fingerprints only use 300-3400 Hz, so 8 kHz keeps every useful band and decodes fast."""
@@ -100,6 +101,13 @@ def _mono(frame: av.AudioFrame) -> np.ndarray:
     return data.mean(axis=0, dtype=np.float32)
 
 
+@lru_cache(maxsize=16)
+def _lowpass(up: int, down: int) -> np.ndarray:
+    """The anti-aliasing filter resample_poly would design on every call (its default)."""
+    rate = max(up, down)
+    return firwin(2 * 10 * rate + 1, 1.0 / rate, window=("kaiser", 5.0))
+
+
 class _BlockResampler:
     """Polyphase resampling in blocks, each computed with CONTEXT input samples of real
     signal on both sides so that the joins are seamless."""
@@ -133,7 +141,8 @@ class _BlockResampler:
             (self.buffer.size - self.context) // self.down * self.down)
         if end <= self.emitted_from:
             return
-        resampled = resample_poly(self.buffer, self.up, self.down).astype(np.float32)
+        resampled = resample_poly(self.buffer, self.up, self.down,
+                                  window=_lowpass(self.up, self.down)).astype(np.float32)
         first, last = self.emitted_from * self.up // self.down, -(-end * self.up // self.down)
         self.out.append(resampled[first:last])
         keep_from = max(0, (end - self.context) // self.down * self.down)

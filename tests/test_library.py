@@ -202,3 +202,19 @@ def test_restart_delete_and_rebuild(tmp_path: Path) -> None:
     battle = _write(tmp_path, excerpt(load(fixture("battle")), 10.0, 6.0), "battle.wav")
     assert [m.title for m in catalog.match_media(battle)] == ["battle"]
     catalog.close()
+
+
+def test_block_resampling_is_seamless() -> None:
+    """Decoding resamples in blocks to bound memory; the joins must not show."""
+    from scipy.signal import resample_poly
+
+    from fingerprint.decode import _BlockResampler
+
+    source = load(fixture("battle"), 44_100)
+    resampler = _BlockResampler(44_100, SAMPLE_RATE)
+    for start in range(0, source.size, 3_000):
+        resampler.push(source[start:start + 3_000])
+    blocked = resampler.finish()
+    whole = resample_poly(source, SAMPLE_RATE // 100, 441).astype(np.float32)
+    assert blocked.size == whole.size
+    assert np.max(np.abs(blocked - whole)) < 1e-5
