@@ -35,7 +35,6 @@ class Segment:
     reference: int
     transform: int            # index of the query-side hypothesis that aligned
     evidence: float           # summed weight of supporting windows
-    windows: int              # number of supporting query windows
     query_start_s: float
     query_end_s: float        # start of the last supporting window + window length
     reference_start_s: float
@@ -156,7 +155,6 @@ def _segment(h: dict[str, np.ndarray], weight: np.ndarray, support: np.ndarray,
     cell = np.floor(q / evidence_cell_s)
     return Segment(
         reference=int(h["reference"][idx][0]), transform=int(h["transform"][idx][0]),
-        windows=len(idx),
         evidence=float(sum(w[cell == c].max() for c in np.unique(cell))),
         query_start_s=q_start, query_end_s=q_end,
         reference_start_s=float(intercept + slope * q_start),

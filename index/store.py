@@ -30,7 +30,6 @@ CREATE TABLE IF NOT EXISTS reference (
     content_sha256 TEXT NOT NULL UNIQUE,
     fingerprint_format TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS setting (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
@@ -190,16 +189,6 @@ class Store:
     def fingerprints(self, reference_id: str) -> Fingerprints:
         with np.load(self.fingerprint_dir / f"{reference_id}.npz") as data:
             return Fingerprints(data["vectors"].astype(np.float32), data["times"])
-
-    def get_setting(self, key: str) -> str | None:
-        with self._lock:
-            row = self._db.execute("SELECT value FROM setting WHERE key = ?", (key,)).fetchone()
-        return row[0] if row else None
-
-    def set_setting(self, key: str, value: str) -> None:
-        with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO setting (key, value) VALUES (?, ?)",
-                             (key, value))
 
 
 _COLUMNS = ("number, reference_id, title, external_id, metadata, duration_s, modalities,"
