@@ -49,32 +49,19 @@ def modality_name(value: int) -> str:
     return pb.Modality.Name(value).removeprefix("MODALITY_").lower().replace("_", "+")
 
 
-def reference_dict(ref: pb.Reference) -> dict[str, Any]:
-    return {
-        "reference_id": ref.reference_id,
-        "title": ref.title,
-        "external_id": ref.external_id,
-        "metadata": dict(ref.metadata),
-        "duration_s": ref.duration_s,
-        "modalities": [modality_name(m) for m in ref.modalities],
-        "created_at": ref.created_at,
-        "content_sha256": ref.content_sha256,
-    }
-
-
-def match_dict(match: pb.Match) -> dict[str, Any]:
-    return {
-        "reference_id": match.reference_id,
-        "title": match.title,
-        "external_id": match.external_id,
-        "modality": modality_name(match.modality),
-        "score": match.score,
-        "query_start_s": match.query_start_s,
-        "query_end_s": match.query_end_s,
-        "reference_start_s": match.reference_start_s,
-        "reference_end_s": match.reference_end_s,
-        "speed": match.speed,
-    }
+def message_dict(message: Message) -> dict[str, Any]:
+    """Every field of a Reference or Match, with modalities spelled as the library does."""
+    out: dict[str, Any] = {}
+    for field in message.DESCRIPTOR.fields:
+        value = getattr(message, field.name)
+        if field.name == "modality":
+            value = modality_name(value)
+        elif field.name == "modalities":
+            value = [modality_name(m) for m in value]
+        elif field.name == "metadata":
+            value = dict(value)
+        out[field.name] = value
+    return out
 
 
 def _open(path: Path) -> BinaryIO:
@@ -139,7 +126,7 @@ class ClipmatchClient:
                 self._references.CreateReference,
                 _chunked(media, header, pb.CreateReferenceRequest, self.chunk_bytes),
                 timeout=None)
-        return reference_dict(response.reference)
+        return message_dict(response.reference)
 
     def match(self, path: str | os.PathLike[str]) -> dict[str, Any]:
         """Identify a clip: {"matches": [...], "elapsed_ms", "query_duration_s"}."""
@@ -163,14 +150,14 @@ class ClipmatchClient:
     def get(self, reference_id: str) -> dict[str, Any]:
         response = self._call(self._references.GetReference,
                               pb.GetReferenceRequest(reference_id=reference_id))
-        return reference_dict(response.reference)
+        return message_dict(response.reference)
 
     def list(self, page_size: int = 0, page_token: str = "") -> dict[str, Any]:
         """One page: {"references": [...], "next_page_token", "total_count"}."""
         response = self._call(self._references.ListReferences,
                               pb.ListReferencesRequest(page_size=page_size,
                                                        page_token=page_token))
-        return {"references": [reference_dict(r) for r in response.references],
+        return {"references": [message_dict(r) for r in response.references],
                 "next_page_token": response.next_page_token,
                 "total_count": response.total_count}
 
@@ -197,6 +184,6 @@ class ClipmatchClient:
 
 def _match_result(response: pb.MatchClipResponse | pb.MatchFingerprintResponse
                   ) -> dict[str, Any]:
-    return {"matches": [match_dict(m) for m in response.matches],
+    return {"matches": [message_dict(m) for m in response.matches],
             "elapsed_ms": response.elapsed_ms,
             "query_duration_s": response.query_duration_s}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import numpy as np
 
 from clipmatch.v1 import clipmatch_pb2 as pb
@@ -25,31 +27,14 @@ def modality(name: str) -> int:
 
 
 def reference_message(ref: Reference) -> pb.Reference:
-    return pb.Reference(
-        reference_id=ref.reference_id,
-        title=ref.title,
-        external_id=ref.external_id,
-        metadata=dict(ref.metadata),
-        duration_s=ref.duration_s,
-        modalities=[modality(m) for m in ref.modalities],
-        created_at=ref.created_at,
-        content_sha256=ref.content_sha256,
-    )
+    fields = asdict(ref)
+    fields["modalities"] = [modality(m) for m in ref.modalities]
+    return pb.Reference(**fields)
 
 
 def match_message(match: Match) -> pb.Match:
-    return pb.Match(
-        reference_id=match.reference_id,
-        title=match.title,
-        external_id=match.external_id,
-        modality=modality(match.modality),
-        score=match.score,
-        query_start_s=match.query_start_s,
-        query_end_s=match.query_end_s,
-        reference_start_s=match.reference_start_s,
-        reference_end_s=match.reference_end_s,
-        speed=match.speed,
-    )
+    """Library and wire field names are the same; only the modality needs its enum."""
+    return pb.Match(**{**asdict(match), "modality": modality(match.modality)})
 
 
 def band_frames(audio: pb.AudioFingerprint) -> BandFrames:
