@@ -17,7 +17,7 @@ import numpy as np
 from scipy.signal import firwin, resample_poly
 
 SAMPLE_RATE = 8000
-"""Fingerprints only use 300-3400 Hz, so 8 kHz keeps every useful band and decodes fast."""
+"""Fingerprints only use bands up to 1.6 kHz, so 8 kHz keeps every useful band and decodes fast."""
 
 MediaSource = str | os.PathLike[str] | bytes
 

@@ -126,6 +126,7 @@ class Catalog:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.params = params or MatchParams()
         self._store = Store(self.data_dir)
+        self._refuse_other_formats()
         self._index_path = self.data_dir / "index" / "audio.faiss"
         self._index_path.parent.mkdir(exist_ok=True)
         self._write_lock = threading.Lock()
@@ -135,6 +136,18 @@ class Catalog:
         self._dirty = False
         self._cache: dict[int, Fingerprints] = {}
         self._cache_lock = threading.Lock()
+
+    def _refuse_other_formats(self) -> None:
+        """Fingerprints of another format cannot be compared with this version's queries, and
+        the media they came from is not kept: say so instead of matching wrongly."""
+        other = {f: n for f, n in self._store.formats().items() if f != FORMAT}
+        if other:
+            self._store.close()
+            held = ", ".join(f"{n} in {f!r}" for f, n in sorted(other.items()))
+            raise ValueError(
+                f"{self.data_dir} holds references fingerprinted in another format ({held}); "
+                f"this version computes {FORMAT!r} and cannot compare the two. Register the "
+                "media again into a new data directory.")
 
     # -- index persistence -------------------------------------------------------------
 

@@ -180,6 +180,13 @@ class Store:
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM reference").fetchone()[0])
 
+    def formats(self) -> dict[str, int]:
+        """How many references each fingerprint format holds."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT fingerprint_format, COUNT(*) FROM reference GROUP BY fingerprint_format")
+            return dict(rows.fetchall())
+
     def numbers(self) -> dict[int, str]:
         """Internal number -> reference id of every stored reference."""
         with self._lock:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -218,3 +219,20 @@ def test_block_resampling_is_seamless() -> None:
     whole = resample_poly(source, SAMPLE_RATE // 100, 441).astype(np.float32)
     assert blocked.size == whole.size
     assert np.max(np.abs(blocked - whole)) < 1e-5
+
+
+def test_data_dir_of_another_fingerprint_format_is_refused(tmp_path: Path) -> None:
+    """Fingerprints written by an older version cannot be compared with this one's queries:
+    opening says so plainly and leaves the data untouched."""
+    data = tmp_path / "data"
+    catalog = Catalog(data)
+    catalog.register(fixture("battle"), title="battle")
+    catalog.close()
+    with sqlite3.connect(data / "catalog.sqlite") as db:
+        db.execute("UPDATE reference SET fingerprint_format = 'logbands-v1'")
+    db.close()
+    with pytest.raises(ValueError, match=r"1 in 'logbands-v1'.*Register the media again"):
+        Catalog(data)
+    with sqlite3.connect(data / "catalog.sqlite") as db:
+        assert db.execute("SELECT COUNT(*) FROM reference").fetchone() == (1,)
+    db.close()
