@@ -21,6 +21,7 @@ from clipmatch.v1 import clipmatch_pb2_grpc as pb_grpc
 
 if TYPE_CHECKING:
     from fingerprint.audio import BandFrames
+    from fingerprint.video import VideoFrames
 
 DEFAULT_SERVER = "127.0.0.1:50051"
 CHUNK_BYTES = 256 * 1024
@@ -138,13 +139,23 @@ class ClipmatchClient:
                 _chunked(media, header, pb.MatchClipRequest, self.chunk_bytes), timeout=None)
         return _match_result(response)
 
-    def match_fingerprint(self, frames: BandFrames) -> dict[str, Any]:
-        """Identify a clip from band frames computed locally with fingerprint.audio."""
-        values = np.ascontiguousarray(frames.values, dtype="<f2")
-        audio = pb.AudioFingerprint(format=frames.format, frame_rate_hz=frames.frame_rate_hz,
-                                    num_bands=values.shape[1], values=values.tobytes())
-        response = self._call(self._matcher.MatchFingerprint,
-                              pb.MatchFingerprintRequest(audio=audio))
+    def match_fingerprint(self, audio: BandFrames | None = None,
+                          video: VideoFrames | None = None) -> dict[str, Any]:
+        """Identify a clip from fingerprints computed locally (``fingerprint_media`` in
+        index.catalog, or fingerprint.audio / fingerprint.video): either or both."""
+        request = pb.MatchFingerprintRequest()
+        if audio is not None:
+            values = np.ascontiguousarray(audio.values, dtype="<f2")
+            request.audio.CopyFrom(pb.AudioFingerprint(
+                format=audio.format, frame_rate_hz=audio.frame_rate_hz,
+                num_bands=values.shape[1], values=values.tobytes()))
+        if video is not None:
+            height, width = video.pixels.shape[1:]
+            request.video.CopyFrom(pb.VideoFingerprint(
+                format=video.format, width=width, height=height,
+                pixels=np.ascontiguousarray(video.pixels, dtype=np.uint8).tobytes(),
+                times=video.times.tolist()))
+        response = self._call(self._matcher.MatchFingerprint, request)
         return _match_result(response)
 
     def get(self, reference_id: str) -> dict[str, Any]:

@@ -72,7 +72,9 @@ class BandFrames:
 
     @property
     def duration_s(self) -> float:
-        return self.values.shape[0] / self.frame_rate_hz
+        """Audio the frames cover: the last frame starts (n - 1) hops in and spans N_FFT."""
+        frames = self.values.shape[0]
+        return (frames - 1) / self.frame_rate_hz + N_FFT / SAMPLE_RATE if frames else 0.0
 
 
 @lru_cache(maxsize=1)

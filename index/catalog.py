@@ -1,9 +1,12 @@
 """The library the service wraps: register references, identify clips.
 
 ``Catalog(data_dir)`` owns one data directory: ``catalog.sqlite`` (metadata),
-``fingerprints/*.npz`` (each reference's descriptors, the source of truth) and
-``index/audio.faiss`` (the FAISS index, derived: rebuilt from the fingerprints whenever it
-is missing, stale or damaged).
+``fingerprints/*.npz`` (each reference's audio and video descriptors, the source of truth)
+and ``index/audio.faiss``, ``index/video.faiss`` (the FAISS indexes, derived: rebuilt from
+the fingerprints whenever they are missing, stale or damaged).
+
+Each modality is searched and aligned on its own; audio and video segments that agree on
+the reference and the offset are fused into one ``audio+video`` match.
 """
 
 from __future__ import annotations
@@ -13,31 +16,23 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import faiss
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from fingerprint.audio import (
-    DIM,
-    FORMAT,
-    QUERY_GRID,
-    QUERY_HOP_S,
-    REFERENCE_HOP_S,
-    WINDOW_S,
-    BandFrames,
-    band_frames,
-    descriptors,
-)
-from fingerprint.decode import SAMPLE_RATE, MediaError, MediaSource, decode_audio
+from fingerprint import audio, video
+from fingerprint.audio import BandFrames
+from fingerprint.decode import VIDEO_FRAME_RATE, MediaError, MediaSource, decode_media
+from fingerprint.video import VideoFrames
 from index import align
 from index.store import DuplicateError, Fingerprints, NotFoundError, Reference, Store
-from index.vectors import DEFAULT_FACTORY, EXACT_FACTORY, VectorIndex, needs_training
+from index.vectors import EXACT_FACTORY, VectorIndex, needs_training
 
 __all__ = ["Catalog", "DuplicateError", "Match", "MatchParams", "MediaError", "NotFoundError",
-           "Reference"]
+           "Query", "Reference", "fingerprint_media"]
 
 log = logging.getLogger("clipmatch.catalog")
 
@@ -93,14 +88,50 @@ class MatchParams:
         return float(1.0 / (1.0 + np.exp(-(similarity - midpoint) / self.similarity_scale)))
 
 
+@dataclass(frozen=True)
+class Modality:
+    """How one kind of fingerprint is indexed, aligned and scored."""
+
+    name: str
+    format: str
+    dim: int
+    hop_s: float
+    """spacing of reference descriptors: the time unit of their FAISS ids"""
+    window_s: float
+    """media one descriptor covers (a segment ends one window after its last start)"""
+    factory: str
+    """FAISS index factory string once the catalogue is big enough to train it"""
+    params: MatchParams
+
+
+AUDIO = Modality("audio", audio.FORMAT, audio.DIM, audio.REFERENCE_HOP_S, audio.WINDOW_S,
+                 "IDMap,PQ30x4fs", MatchParams())
+"""4-bit product-quantiser codes searched with FAISS's SIMD fast-scan kernels: 15 bytes per
+window plus the 8-byte id, and an order of magnitude faster than exact search."""
+
+VIDEO = Modality("video", video.FORMAT, video.DIM, 1.0 / VIDEO_FRAME_RATE,
+                 1.0 / VIDEO_FRAME_RATE, "IDMap,PQ21x4fs",
+                 MatchParams(similarity_floor=0.6, similarity_midpoint=0.72,
+                             short_penalty=0.5))
+"""Frames of unrelated footage reach 0.53 at the 99th percentile, so votes start at 0.6."""
+
+MODALITIES = (AUDIO, VIDEO)
+
+VIDEO_SPEEDS = (0.9, 0.95, 1.0, 1.05, 1.1)
+"""Speed hypotheses for aligning video: frame descriptors do not change with speed, only the
+slope of the alignment does; 0.05 apart, a 10 s clip drifts at most one offset bin."""
+
+FUSE_TOLERANCE_S = 1.0
+"""Audio and video segments of one reference whose offsets agree this closely are one match."""
+
 LONG_QUERY_S = 6.0
-"""Clips longer than this search with half their windows (see ``_search_windows``)."""
+"""Clips longer than this search with half their audio windows (see ``_search_windows``)."""
 
 VERIFY_SPAN_S = 6.0
 """A candidate is verified over at least this much of the query (window starts)."""
 
 TRAIN_MIN_WINDOWS = 20_000
-"""About 1.4 h of reference: below it the index is exact (and small anyway)."""
+"""About 1.4 h of audio reference: below it the index is exact (and small anyway)."""
 TRAIN_MAX_WINDOWS = 200_000
 """Training sample cap: quantiser quality stops improving long before this."""
 
@@ -108,15 +139,128 @@ FINGERPRINT_CACHE = 512
 """References whose stored descriptors stay in memory for verification."""
 
 SAVE_INTERVAL_S = 30.0
-"""The index file is rewritten at most this often while writes arrive (and on close);
-after a crash it is rebuilt from the fingerprints, so nothing acknowledged is lost."""
+"""Index files are rewritten at most this often while writes arrive (and on close);
+after a crash they are rebuilt from the fingerprints, so nothing acknowledged is lost."""
+
+
+@dataclass(frozen=True)
+class Query:
+    """A clip's stage-1 fingerprints, as a crawler computes them: either may be missing."""
+
+    audio: BandFrames | None = None
+    video: VideoFrames | None = None
+
+    @property
+    def duration_s(self) -> float:
+        return max(self.audio.duration_s if self.audio else 0.0,
+                   self.video.duration_s if self.video else 0.0)
+
+
+def fingerprint_media(media: MediaSource) -> Query:
+    """Decode ``media`` once and compute the stage-1 fingerprint of each track it has."""
+    decoded = decode_media(media)
+    return Query(
+        audio=None if decoded.samples is None else audio.band_frames(decoded.samples),
+        video=None if decoded.frames is None else VideoFrames(decoded.frames,
+                                                              decoded.frame_times))
+
+
+@dataclass(frozen=True)
+class _Described:
+    """A query's descriptors for one modality and how to align them: descriptor group g (a
+    query transform or picture region) is aligned under each hypothesis (g, time scale)."""
+
+    vectors: np.ndarray
+    times: np.ndarray
+    group: np.ndarray
+    hypotheses: list[tuple[int, float]]
+    searched: np.ndarray
+    duration_s: float
+
+
+class _ModalIndex:
+    """One modality's FAISS index, kept consistent with the stored fingerprints."""
+
+    def __init__(self, modality: Modality, store: Store, index_dir: Path,
+                 factory: str | None = None) -> None:
+        self.modality = modality
+        self.factory = factory or modality.factory
+        self._store = store
+        self._path = index_dir / f"{modality.name}.faiss"
+        self.index = self._open()
+
+    def _state(self, index: VectorIndex) -> dict:
+        numbers = sorted(self._store.numbers())
+        digest = hashlib.sha256(np.asarray(numbers, dtype=np.int64).tobytes()).hexdigest()
+        return {"target": self.factory, "factory": index.factory, "trained_on": index.trained_on,
+                "format": self.modality.format, "dim": self.modality.dim, "references": digest}
+
+    def _open(self) -> VectorIndex:
+        state_path = self._path.with_suffix(".json")
+        if self._path.exists() and state_path.exists():
+            try:
+                state = json.loads(state_path.read_text())
+                index = VectorIndex.load(self._path, self.modality.dim, state["factory"],
+                                         state["trained_on"])
+                if state == self._state(index):
+                    return index
+                log.info("%s index file is stale; rebuilding from fingerprints",
+                         self.modality.name)
+            except (ValueError, KeyError, RuntimeError, OSError) as exc:
+                log.warning("%s index file unreadable (%s); rebuilding from fingerprints",
+                            self.modality.name, exc)
+        return self.rebuild()
+
+    def rebuild(self) -> VectorIndex:
+        """Build the index from the stored fingerprints, training the quantiser on them once
+        there are enough (exact search until then)."""
+        name, dim = self.modality.name, self.modality.dim
+        stored = [(number, self._store.fingerprints(reference_id, name))
+                  for number, reference_id in sorted(self._store.numbers().items())]
+        stored = [(number, f) for number, f in stored if len(f.vectors)]
+        total = sum(len(f.vectors) for _, f in stored)
+        factory, training = EXACT_FACTORY, None
+        if not needs_training(self.factory, dim):
+            factory = self.factory
+        elif total >= TRAIN_MIN_WINDOWS:
+            factory = self.factory
+            everything = np.concatenate([f.vectors for _, f in stored])
+            training = everything[:: max(1, total // TRAIN_MAX_WINDOWS)]
+        index = VectorIndex(dim, factory, training=training, trained_on=total)
+        for number, fingerprints in stored:
+            index.add(number, fingerprints.vectors, self.slots(fingerprints.times))
+        self.save(index)
+        log.info("%s index built: %s over %d descriptors", name, factory, total)
+        return index
+
+    def add(self, number: int, fingerprints: Fingerprints) -> None:
+        """Add a reference; retrain once the catalogue is big enough, and again whenever it
+        has quadrupled, so the quantiser always fits the catalogue it serves. Called under
+        the catalogue's write lock."""
+        self.index.add(number, fingerprints.vectors, self.slots(fingerprints.times))
+        if not needs_training(self.factory, self.modality.dim):
+            return
+        untrained = self.index.factory != self.factory
+        if ((untrained and self.index.ntotal >= TRAIN_MIN_WINDOWS)
+                or (not untrained and self.index.ntotal >= 4 * self.index.trained_on)):
+            self.index = self.rebuild()
+
+    def save(self, index: VectorIndex | None = None) -> None:
+        index = index or self.index
+        index.save(self._path)
+        self._path.with_suffix(".json").write_text(json.dumps(self._state(index)))
+
+    def slots(self, times: np.ndarray) -> np.ndarray:
+        return np.round(np.asarray(times) / self.modality.hop_s).astype(np.int64)
 
 
 class Catalog:
     """Register, list, delete and match references in one data directory. Thread-safe."""
 
-    def __init__(self, data_dir: str | Path, index_factory: str = DEFAULT_FACTORY,
+    def __init__(self, data_dir: str | Path, index_factory: str | None = None,
                  params: MatchParams | None = None) -> None:
+        """``index_factory`` and ``params`` override the audio index and its decision
+        settings (for experiments); video keeps its own."""
         # One FAISS and one BLAS thread per call: concurrency comes from the callers' threads,
         # and pool threads spinning against them on a small, shared machine multiply
         # latency (measured: query descriptors 99 ms with OpenBLAS's 2 threads, 11 ms with 1).
@@ -124,100 +268,48 @@ class Catalog:
         threadpool_limits(1)
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.params = params or MatchParams()
+        self.modalities = {m.name: m for m in MODALITIES}
+        if params is not None:
+            self.modalities["audio"] = replace(AUDIO, params=params)
         self._store = Store(self.data_dir)
         self._refuse_other_formats()
-        self._index_path = self.data_dir / "index" / "audio.faiss"
-        self._index_path.parent.mkdir(exist_ok=True)
+        (self.data_dir / "index").mkdir(exist_ok=True)
         self._write_lock = threading.Lock()
-        self._factory = index_factory
-        self._index = self._open_index()
+        self._indexes = {
+            name: _ModalIndex(m, self._store, self.data_dir / "index",
+                              index_factory if name == "audio" else None)
+            for name, m in self.modalities.items()}
         self._saved_at = time.monotonic()
         self._dirty = False
-        self._cache: dict[int, Fingerprints] = {}
+        self._cache: dict[tuple[int, str], Fingerprints] = {}
         self._cache_lock = threading.Lock()
 
     def _refuse_other_formats(self) -> None:
         """Fingerprints of another format cannot be compared with this version's queries, and
         the media they came from is not kept: say so instead of matching wrongly."""
-        other = {f: n for f, n in self._store.formats().items() if f != FORMAT}
+        other = {f: n for f, n in self._store.formats().items() if f != _FORMATS}
         if other:
             self._store.close()
             held = ", ".join(f"{n} in {f!r}" for f, n in sorted(other.items()))
             raise ValueError(
                 f"{self.data_dir} holds references fingerprinted in another format ({held}); "
-                f"this version computes {FORMAT!r} and cannot compare the two. Register the "
+                f"this version computes {_FORMATS!r} and cannot compare the two. Register the "
                 "media again into a new data directory.")
 
-    # -- index persistence -------------------------------------------------------------
-
-    def _index_state(self, index: VectorIndex) -> dict:
-        numbers = sorted(self._store.numbers())
-        digest = hashlib.sha256(np.asarray(numbers, dtype=np.int64).tobytes()).hexdigest()
-        return {"target": self._factory, "factory": index.factory, "trained_on": index.trained_on,
-                "format": FORMAT, "dim": DIM, "references": digest}
-
-    def _open_index(self) -> VectorIndex:
-        state_path = self._index_path.with_suffix(".json")
-        if self._index_path.exists() and state_path.exists():
-            try:
-                state = json.loads(state_path.read_text())
-                index = VectorIndex.load(self._index_path, DIM, state["factory"],
-                                         state["trained_on"])
-                if state == self._index_state(index):
-                    return index
-                log.info("index file is stale; rebuilding from fingerprints")
-            except (ValueError, KeyError, RuntimeError, OSError) as exc:
-                log.warning("index file unreadable (%s); rebuilding from fingerprints", exc)
-        return self._rebuild()
-
-    def _rebuild(self) -> VectorIndex:
-        """Build the index from the stored fingerprints, training the quantiser on them once
-        there are enough (exact search until then)."""
-        stored = [(number, self._store.fingerprints(reference_id))
-                  for number, reference_id in sorted(self._store.numbers().items())]
-        total = sum(len(f.vectors) for _, f in stored)
-        factory, training = EXACT_FACTORY, None
-        if not needs_training(self._factory, DIM):
-            factory = self._factory
-        elif total >= TRAIN_MIN_WINDOWS:
-            factory = self._factory
-            everything = np.concatenate([f.vectors for _, f in stored])
-            training = everything[:: max(1, total // TRAIN_MAX_WINDOWS)]
-        index = VectorIndex(DIM, factory, training=training, trained_on=total)
-        for number, fingerprints in stored:
-            index.add(number, fingerprints.vectors, _slots(fingerprints.times))
-        self._save(index)
-        log.info("index built: %s over %d windows", factory, total)
-        return index
-
-    def _retrain_if_grown(self) -> None:
-        """Retrain once the catalogue is big enough, and again whenever it has quadrupled,
-        so the quantiser always fits the catalogue it serves. Called under the write lock."""
-        if not needs_training(self._factory, DIM):
-            return
-        untrained = self._index.factory != self._factory
-        if ((untrained and self._index.ntotal >= TRAIN_MIN_WINDOWS)
-                or (not untrained and self._index.ntotal >= 4 * self._index.trained_on)):
-            self._index = self._rebuild()
-            self._dirty = False
-            self._saved_at = time.monotonic()
-
-    def _save(self, index: VectorIndex) -> None:
-        index.save(self._index_path)
-        self._index_path.with_suffix(".json").write_text(json.dumps(self._index_state(index)))
+    # -- persistence -------------------------------------------------------------------
 
     def _changed(self) -> None:
-        """Note a write; persist the index if the last save is old enough."""
+        """Note a write; persist the indexes if the last save is old enough."""
         self._dirty = True
         if time.monotonic() - self._saved_at >= SAVE_INTERVAL_S:
             self.flush()
 
     def flush(self) -> None:
-        """Write the index file now (it is derived data: this only speeds up restarts)."""
+        """Write the index files now (they are derived data: this only speeds up restarts)."""
         with self._write_lock:
             if self._dirty:
-                self._save(self._index)
+                for index in self._indexes.values():
+                    index.save()
                 self._dirty = False
             self._saved_at = time.monotonic()
 
@@ -229,28 +321,41 @@ class Catalog:
 
     def register(self, media: MediaSource, *, title: str, external_id: str = "",
                  metadata: dict[str, str] | None = None) -> Reference:
-        """Fingerprint ``media`` (a path or bytes) and add it to the catalogue."""
+        """Fingerprint ``media`` (a path or bytes: audio, video or both) and add it to the
+        catalogue."""
         if not title.strip():
             raise ValueError("title must not be empty")
         content_sha256 = _sha256(media)
         existing = self._store.find_sha256(content_sha256)
         if existing:
             raise DuplicateError(existing)
-        samples = decode_audio(media)
-        vectors, times, _ = descriptors(band_frames(samples), REFERENCE_HOP_S)
-        if len(vectors) == 0:
-            raise MediaError("the audio is silent or shorter than 1.5 s: there is nothing to "
-                             "fingerprint, so it could never be matched")
+        query = fingerprint_media(media)
+        fingerprints = {}
+        if query.audio is not None:
+            vectors, times, _ = audio.descriptors(query.audio, audio.REFERENCE_HOP_S)
+            if len(vectors):
+                fingerprints["audio"] = Fingerprints(vectors, times)
+        if query.video is not None:
+            vectors, times, _ = video.descriptors(query.video,
+                                                  video.reference_regions(query.video))
+            if len(vectors):
+                fingerprints["video"] = Fingerprints(vectors, times)
+        if not fingerprints:
+            raise MediaError(
+                "there is nothing to fingerprint: the audio is silent or shorter than 2.5 s and "
+                "the picture (if any) is blank, so this media could never be matched")
         with self._write_lock:
             number, reference = self._store.add(
                 title=title, external_id=external_id, metadata=metadata or {},
-                duration_s=samples.size / SAMPLE_RATE, content_sha256=content_sha256,
-                fingerprint_format=FORMAT, fingerprints=Fingerprints(vectors, times))
-            self._index.add(number, vectors, _slots(times))
-            self._retrain_if_grown()
+                duration_s=query.duration_s, content_sha256=content_sha256,
+                fingerprint_format=_FORMATS, fingerprints=fingerprints)
+            for name, fp in fingerprints.items():
+                self._indexes[name].add(number, fp)
         self._changed()
-        log.info("registered %s %r (%.1f s, %d windows)", reference.reference_id, title,
-                 reference.duration_s, len(vectors))
+        log.info("registered %s %r (%.1f s, %s)", reference.reference_id, title,
+                 reference.duration_s,
+                 ", ".join(f"{len(fp.vectors)} {name} descriptors"
+                           for name, fp in fingerprints.items()))
         return reference
 
     def get(self, reference_id: str) -> Reference:
@@ -275,85 +380,153 @@ class Catalog:
     def delete(self, reference_id: str) -> None:
         with self._write_lock:
             number = self._store.delete(reference_id)
-            self._index.remove(number)
+            for index in self._indexes.values():
+                index.index.remove(number)
         self._changed()
         log.info("deleted %s", reference_id)
 
     # -- matching ----------------------------------------------------------------------
 
     def match_media(self, media: MediaSource) -> list[Match]:
-        """Identify a clip (path or bytes). Silence or no evidence gives []."""
-        return self.match_frames(band_frames(decode_audio(media)))
+        """Identify a clip (path or bytes, audio and/or video). Nothing identifiable gives []."""
+        return self.match(fingerprint_media(media))
 
-    def match_frames(self, frames: BandFrames) -> list[Match]:
-        """Identify a clip from its band frames (what a crawler computes and sends)."""
-        vectors, times, transform = descriptors(frames, QUERY_HOP_S, QUERY_GRID)
-        if len(vectors) == 0 or self._index.ntotal == 0:
+    def match(self, query: Query) -> list[Match]:
+        """Identify a clip from its stage-1 fingerprints (what a crawler computes and sends):
+        each modality on its own, then audio and video matches that agree fused into one."""
+        found = {}
+        if query.audio is not None:
+            found["audio"] = self._match_modality(self.modalities["audio"],
+                                                  _describe_audio(query.audio))
+        if query.video is not None:
+            found["video"] = self._match_modality(self.modalities["video"],
+                                                  _describe_video(query.video))
+        return _fuse(found.get("audio", []), found.get("video", []))
+
+    def _match_modality(self, modality: Modality, described: _Described) -> list[Match]:
+        index = self._indexes[modality.name].index
+        if len(described.vectors) == 0 or index.ntotal == 0:
             return []
-        search = _search_windows(times, frames.duration_s)
-        candidates = align.segments(
-            self._hits(vectors[search], times[search], transform[search]), WINDOW_S,
-            self.params.similarity_floor, self.params.min_evidence)
+        params = modality.params
+        candidates = align.segments(self._hits(modality, described), modality.window_s,
+                                    params.similarity_floor, params.min_evidence)
         references = self._store.by_numbers(sorted({s.reference for s in candidates}))
+        slots = self._indexes[modality.name].slots
         matches = []
         for segment in candidates:
             reference = references.get(segment.reference)
             if reference is None:  # deleted while this query ran
                 continue
-            fingerprints = self._fingerprints(segment.reference, reference.reference_id)
-            mine = transform == segment.transform
-            similarity = align.verify(segment, vectors[mine], times[mine], fingerprints.vectors,
-                                      _slots(fingerprints.times), REFERENCE_HOP_S,
+            stored = self._fingerprints(segment.reference, reference.reference_id,
+                                        modality.name)
+            mine = described.group == described.hypotheses[segment.transform][0]
+            similarity = align.verify(segment, described.vectors[mine], described.times[mine],
+                                      stored.vectors, slots(stored.times), modality.hop_s,
                                       VERIFY_SPAN_S)
-            score = self.params.score(similarity, segment.query_end_s - segment.query_start_s)
-            if score < self.params.min_score:
+            score = params.score(similarity, segment.query_end_s - segment.query_start_s)
+            if score < params.min_score:
                 continue
             matches.append(Match(
                 reference_id=reference.reference_id, title=reference.title,
-                external_id=reference.external_id, modality="audio", score=score,
+                external_id=reference.external_id, modality=modality.name, score=score,
                 query_start_s=segment.query_start_s,
-                query_end_s=min(segment.query_end_s, frames.duration_s),
+                query_end_s=min(segment.query_end_s, described.duration_s),
                 reference_start_s=max(segment.reference_start_s, 0.0),
                 reference_end_s=min(segment.reference_end_s, reference.duration_s),
                 speed=segment.speed))
         return matches
 
-    def _fingerprints(self, number: int, reference_id: str) -> Fingerprints:
+    def _fingerprints(self, number: int, reference_id: str, modality: str) -> Fingerprints:
         """Stored descriptors of a reference, cached: verification reads them per query."""
+        key = (number, modality)
         with self._cache_lock:
-            cached = self._cache.pop(number, None)
+            cached = self._cache.pop(key, None)
             if cached is None:
-                cached = self._store.fingerprints(reference_id)
-            self._cache[number] = cached  # most recently used last
+                cached = self._store.fingerprints(reference_id, modality)
+            self._cache[key] = cached  # most recently used last
             while len(self._cache) > FINGERPRINT_CACHE:
                 self._cache.pop(next(iter(self._cache)))
         return cached
 
-    def _hits(self, vectors: np.ndarray, times: np.ndarray, transform: np.ndarray) -> align.Hits:
-        """One FAISS search for the windows of every query transform."""
-        k = self.params.neighbours
-        sims, numbers, slots = self._index.search(vectors, k)
-        time_scale = np.array([t.time_scale for t in QUERY_GRID], np.float32)[transform]
-        valid = (numbers >= 0).reshape(-1)
-        return align.Hits(
-            query_time=np.repeat(times, k)[valid],
-            reference=numbers.reshape(-1)[valid],
-            reference_time=(slots.reshape(-1)[valid] * REFERENCE_HOP_S).astype(np.float32),
-            similarity=sims.reshape(-1)[valid],
-            time_scale=np.repeat(time_scale, k)[valid],
-            transform=np.repeat(transform, k)[valid])
+    def _hits(self, modality: Modality, described: _Described) -> align.Hits:
+        """One FAISS search for the searched descriptors; each hit is then read under every
+        alignment hypothesis of its descriptor's group."""
+        k = modality.params.neighbours
+        searched = described.searched
+        sims, numbers, slots = self._indexes[modality.name].index.search(
+            described.vectors[searched], k)
+        times = np.repeat(described.times[searched], k)
+        group = np.repeat(described.group[searched], k)
+        valid = numbers.reshape(-1) >= 0
+        parts = []
+        for h, (g, scale) in enumerate(described.hypotheses):
+            mine = valid & (group == g)
+            parts.append((times[mine], numbers.reshape(-1)[mine],
+                          slots.reshape(-1)[mine] * modality.hop_s, sims.reshape(-1)[mine],
+                          np.full(mine.sum(), scale, np.float32),
+                          np.full(mine.sum(), h, np.int64)))
+        query_time, reference, reference_time, similarity, time_scale, transform = (
+            np.concatenate(column) for column in zip(*parts, strict=True))
+        return align.Hits(query_time=query_time.astype(np.float32), reference=reference,
+                          reference_time=reference_time.astype(np.float32),
+                          similarity=similarity, time_scale=time_scale, transform=transform)
+
+
+_FORMATS = f"audio:{audio.FORMAT},video:{video.FORMAT}"
+"""The fingerprint formats a reference registered by this version carries."""
+
+
+def _describe_audio(frames: BandFrames) -> _Described:
+    """Query windows under every speed, pitch and tempo transform of QUERY_GRID."""
+    vectors, times, group = audio.descriptors(frames, audio.QUERY_HOP_S, audio.QUERY_GRID)
+    return _Described(vectors, times, group,
+                      [(g, t.time_scale) for g, t in enumerate(audio.QUERY_GRID)],
+                      _search_windows(times, frames.duration_s), frames.duration_s)
+
+
+def _describe_video(frames: VideoFrames) -> _Described:
+    """Frame descriptors of every picture region, each aligned under every speed."""
+    regions = video.query_regions(frames)
+    vectors, times, group = video.descriptors(frames, regions)
+    return _Described(vectors, times, group,
+                      [(g, s) for g in range(len(regions)) for s in VIDEO_SPEEDS],
+                      np.ones(len(times), dtype=bool), frames.duration_s)
+
+
+def _fuse(audio_matches: list[Match], video_matches: list[Match]) -> list[Match]:
+    """Pair audio and video matches of one reference at one offset into ``audio+video``
+    matches: independent evidence, so the score is 1 - (1 - a)(1 - v); unpaired ones stay."""
+    fused, used = [], set()
+    for a in audio_matches:
+        partner = next((i for i, v in enumerate(video_matches) if i not in used
+                        and v.reference_id == a.reference_id
+                        and abs(_offset(a) - _offset(v)) <= FUSE_TOLERANCE_S), None)
+        if partner is None:
+            fused.append(a)
+            continue
+        used.add(partner)
+        v = video_matches[partner]
+        fused.append(replace(
+            a, modality="audio+video", score=1.0 - (1.0 - a.score) * (1.0 - v.score),
+            query_start_s=min(a.query_start_s, v.query_start_s),
+            query_end_s=max(a.query_end_s, v.query_end_s),
+            reference_start_s=min(a.reference_start_s, v.reference_start_s),
+            reference_end_s=max(a.reference_end_s, v.reference_end_s)))
+    fused += [v for i, v in enumerate(video_matches) if i not in used]
+    return sorted(fused, key=lambda m: -m.score)
+
+
+def _offset(match: Match) -> float:
+    """Reference time at query time 0 on the match's alignment line."""
+    return match.reference_start_s - match.speed * match.query_start_s
 
 
 def _search_windows(times: np.ndarray, duration_s: float) -> np.ndarray:
-    """Which query windows go to FAISS: all of a short clip, every other one of a long clip
+    """Which audio windows go to FAISS: all of a short clip, every other one of a long clip
     (it has votes to spare, and search time is proportional). Verification uses all."""
     if duration_s <= LONG_QUERY_S:
         return np.ones(len(times), dtype=bool)
-    return np.round(times / QUERY_HOP_S).astype(np.int64) % 2 == 0
-
-
-def _slots(times: np.ndarray) -> np.ndarray:
-    return np.round(np.asarray(times) / REFERENCE_HOP_S).astype(np.int64)
+    return np.round(times / audio.QUERY_HOP_S).astype(np.int64) % 2 == 0
 
 
 def _sha256(media: MediaSource) -> str:

@@ -43,13 +43,13 @@ class Reference:
     content_sha256: str
     external_id: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
-    modalities: tuple[str, ...] = ("audio",)
+    modalities: tuple[str, ...] = ()
     created_at: float = 0.0
 
 
 @dataclass(frozen=True)
 class Fingerprints:
-    """One reference's window descriptors and their start times (s)."""
+    """One reference's descriptors of one modality and their start times (s)."""
 
     vectors: np.ndarray
     times: np.ndarray
@@ -104,17 +104,22 @@ class Store:
 
     def add(self, *, title: str, external_id: str, metadata: dict[str, str],
             duration_s: float, content_sha256: str, fingerprint_format: str,
-            fingerprints: Fingerprints) -> tuple[int, Reference]:
-        """Persist a new reference durably; returns its internal number and record."""
+            fingerprints: dict[str, Fingerprints]) -> tuple[int, Reference]:
+        """Persist a new reference durably; returns its internal number and record.
+        ``fingerprints`` maps each modality the media has ("audio", "video") to its
+        descriptors."""
         reference = Reference(
             reference_id=uuid.uuid4().hex[:16], title=title, external_id=external_id,
             metadata=dict(metadata), duration_s=duration_s, created_at=time.time(),
-            content_sha256=content_sha256)
+            content_sha256=content_sha256, modalities=tuple(fingerprints))
         path = self.fingerprint_dir / f"{reference.reference_id}.npz"
         tmp = path.with_suffix(".tmp.npz")
+        arrays = {}
+        for modality, fp in fingerprints.items():
+            arrays[f"{modality}_vectors"] = fp.vectors.astype(np.float16)
+            arrays[f"{modality}_times"] = fp.times.astype(np.float32)
         with open(tmp, "wb") as handle:
-            np.savez(handle, vectors=fingerprints.vectors.astype(np.float16),
-                     times=fingerprints.times.astype(np.float32))
+            np.savez(handle, **arrays)
             handle.flush()
             os.fsync(handle.fileno())
         tmp.replace(path)
@@ -193,9 +198,13 @@ class Store:
             rows = self._db.execute("SELECT number, reference_id FROM reference").fetchall()
         return {int(n): rid for n, rid in rows}
 
-    def fingerprints(self, reference_id: str) -> Fingerprints:
+    def fingerprints(self, reference_id: str, modality: str) -> Fingerprints:
+        """The reference's descriptors of ``modality`` (none if its media has no such track)."""
         with np.load(self.fingerprint_dir / f"{reference_id}.npz") as data:
-            return Fingerprints(data["vectors"].astype(np.float32), data["times"])
+            if f"{modality}_vectors" not in data:
+                return Fingerprints(np.zeros((0, 0), np.float32), np.zeros(0, np.float32))
+            return Fingerprints(data[f"{modality}_vectors"].astype(np.float32),
+                                data[f"{modality}_times"])
 
 
 _COLUMNS = ("number, reference_id, title, external_id, metadata, duration_s, modalities,"

@@ -7,8 +7,10 @@ from dataclasses import asdict
 import numpy as np
 
 from clipmatch.v1 import clipmatch_pb2 as pb
+from fingerprint import video
 from fingerprint.audio import FORMAT, BandFrames
-from index.catalog import Match, Reference
+from fingerprint.video import VideoFrames
+from index.catalog import Match, Query, Reference
 
 MODALITIES: dict[str, int] = {
     "audio": pb.MODALITY_AUDIO,
@@ -64,3 +66,35 @@ def band_frames(audio: pb.AudioFingerprint) -> BandFrames:
         return BandFrames(values.astype(np.float32), audio.frame_rate_hz, audio.format)
     except ValueError as exc:  # band count or frame rate the library does not use
         raise InvalidRequest(str(exc)) from exc
+
+
+def video_frames(message: pb.VideoFingerprint) -> VideoFrames:
+    """Decode a wire video fingerprint (uint8 frames x height x width) into VideoFrames;
+    InvalidRequest, saying what was expected, for anything the library could not use."""
+    if message.format != video.FORMAT:
+        raise InvalidRequest(f"video fingerprint format {message.format!r} is not supported; "
+                             f"this server reads {video.FORMAT!r}")
+    if message.width == 0 or message.height == 0:
+        raise InvalidRequest("width and height must be positive")
+    frame_bytes = message.width * message.height
+    if not message.pixels or len(message.pixels) % frame_bytes:
+        raise InvalidRequest(
+            f"pixels holds {len(message.pixels)} bytes, not a whole, non-zero number of "
+            f"{message.width} x {message.height} frames ({frame_bytes} bytes each)")
+    pixels = np.frombuffer(message.pixels, dtype=np.uint8).reshape(
+        -1, message.height, message.width)
+    if len(message.times) != len(pixels):
+        raise InvalidRequest(f"times holds {len(message.times)} values for {len(pixels)} frames")
+    try:
+        return VideoFrames(pixels, np.asarray(message.times, dtype=np.float64), message.format)
+    except ValueError as exc:  # size, order of times: what the library cannot use
+        raise InvalidRequest(str(exc)) from exc
+
+
+def query(request: pb.MatchFingerprintRequest) -> Query:
+    """The library query a MatchFingerprintRequest carries: audio, video or both."""
+    has_audio, has_video = request.HasField("audio"), request.HasField("video")
+    if not (has_audio or has_video):
+        raise InvalidRequest("the request carries no fingerprint: set audio, video or both")
+    return Query(audio=band_frames(request.audio) if has_audio else None,
+                 video=video_frames(request.video) if has_video else None)

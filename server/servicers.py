@@ -23,9 +23,8 @@ import grpc
 
 from clipmatch.v1 import clipmatch_pb2 as pb
 from clipmatch.v1 import clipmatch_pb2_grpc as pb_grpc
-from fingerprint.audio import band_frames
-from fingerprint.decode import MediaError, decode_audio
-from index.catalog import Catalog, DuplicateError, Match, NotFoundError
+from fingerprint.decode import MediaError
+from index.catalog import Catalog, DuplicateError, Match, NotFoundError, fingerprint_media
 from server import convert, logs
 from server.convert import InvalidRequest
 
@@ -230,22 +229,22 @@ class MatchServicer(pb_grpc.MatchServiceServicer):
     def MatchClip(self, requests: Iterator[pb.MatchClipRequest], context: grpc.ServicerContext,
                   fields: dict[str, Any]) -> pb.MatchClipResponse:
         with received_upload(requests, self.upload_dir, fields) as upload:
-            # Decoded here rather than in match_media so the clip's true duration comes along.
-            frames = band_frames(decode_audio(upload.path))
-            matches = self.catalog.match_frames(frames)
-        return _answer(pb.MatchClipResponse, matches, upload.started, frames.duration_s, fields)
+            # Fingerprinted here rather than in match_media so the clip's duration comes along.
+            query = fingerprint_media(upload.path)
+            matches = self.catalog.match(query)
+        return _answer(pb.MatchClipResponse, matches, upload.started, query.duration_s, fields)
 
     @_rpc
     def MatchFingerprint(self, request: pb.MatchFingerprintRequest,
                          context: grpc.ServicerContext, fields: dict[str, Any]
                          ) -> pb.MatchFingerprintResponse:
         started = time.perf_counter()
-        frames = convert.band_frames(request.audio)
+        query = convert.query(request)
         try:
-            matches = self.catalog.match_frames(frames)
+            matches = self.catalog.match(query)
         except ValueError as exc:  # e.g. a band count or frame rate this index was not built for
             raise InvalidRequest(str(exc)) from exc
-        return _answer(pb.MatchFingerprintResponse, matches, started, frames.duration_s, fields)
+        return _answer(pb.MatchFingerprintResponse, matches, started, query.duration_s, fields)
 
 
 def _answer(response_type: type[Response], matches: list[Match], started: float,

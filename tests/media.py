@@ -6,6 +6,7 @@ the way clips found in the wild are degraded: re-encoded at a low bitrate, sped 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -116,3 +117,38 @@ class Clip:
             samples = with_noise(samples, self.snr_db)
         return encode(directory / f"{self.name}-{self.start_s:g}s{self.suffix}", samples,
                       codec=self.codec, bit_rate=self.bit_rate)
+
+
+def video_fixture(name: str) -> Path:
+    return FIXTURES / f"{name}.mp4"
+
+
+def video_clip(source: Path, path: Path, start_s: float, duration_s: float,
+               picture: Callable[[np.ndarray], np.ndarray] = lambda image: image,
+               sound: bool = True) -> Path:
+    """Cut ``duration_s`` from ``start_s`` of ``source``, pass every RGB frame through
+    ``picture`` (a pirate's transformation), and write H.264 (+ AAC when ``sound``) to
+    ``path``: a re-encode, as every capture is."""
+    with av.open(str(source)) as container:
+        stream = container.streams.video[0]
+        rate = stream.average_rate or Fraction(25)
+        images = [picture(frame.to_ndarray(format="rgb24")) for frame in container.decode(stream)
+                  if frame.time is not None and start_s <= frame.time < start_s + duration_s]
+    samples = excerpt(load(source), start_s, duration_s) if sound else None
+    height, width = images[0].shape[:2]
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=rate)
+        video.width, video.height, video.pix_fmt = width - width % 2, height - height % 2, "yuv420p"
+        video.options = {"crf": "30", "preset": "veryfast"}
+        audio = container.add_stream("aac", rate=SAMPLE_RATE, layout="mono") if sound else None
+        for image in images:
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(
+                image[:video.height, :video.width]), format="rgb24")
+            container.mux(video.encode(frame))
+        container.mux(video.encode(None))
+        if audio is not None and samples is not None:
+            frame = av.AudioFrame.from_ndarray(samples[None, :], format="fltp", layout="mono")
+            frame.sample_rate = SAMPLE_RATE
+            for frame_in in (frame, None):
+                container.mux(audio.encode(frame_in))
+    return path

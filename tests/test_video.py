@@ -1,0 +1,113 @@
+"""Video end to end against the real server: a video with sound is registered, then
+transformed clips of it (muted, mirrored, letterboxed with subtitles, black screen with
+sound) and footage that was never registered are matched over gRPC."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+
+from client.sdk import ClipmatchClient
+from index.catalog import fingerprint_media
+from tests.conftest import ServerProcess
+from tests.media import video_clip, video_fixture
+
+REFERENCE = "intro_excerpt"
+CLIP_START_S = 8.0
+CLIP_S = 10.0
+
+
+@pytest.fixture(scope="module")
+def reference(server: ServerProcess) -> dict[str, Any]:
+    with ClipmatchClient(server.target) as client:
+        return client.register(video_fixture(REFERENCE))
+
+
+def smaller_and_brighter(image: np.ndarray) -> np.ndarray:
+    """Downscaled to half size and gamma-brightened, as a low-quality re-upload is."""
+    height, width = image.shape[:2]
+    small = cv2.resize(image, (width // 2, height // 2), interpolation=cv2.INTER_AREA)
+    return (255.0 * (small / 255.0) ** 0.7).astype(np.uint8)
+
+
+def mirrored(image: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(image[:, ::-1])
+
+
+def letterboxed_with_subtitles(image: np.ndarray) -> np.ndarray:
+    """Black bars above and below (the frame gets taller) and a line of burned-in text."""
+    height, width = image.shape[:2]
+    bar = height // 8
+    framed = cv2.copyMakeBorder(image, bar, bar, 0, 0, cv2.BORDER_CONSTANT, value=(0, 0, 0))
+    for colour, thickness in (((0, 0, 0), 3), ((255, 255, 255), 1)):
+        cv2.putText(framed, "Where is the other fish?", (width // 8, bar + height - 12),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, thickness, cv2.LINE_AA)
+    return framed
+
+
+def black(image: np.ndarray) -> np.ndarray:
+    return np.zeros_like(image)
+
+
+def test_registering_a_video_fingerprints_both_tracks(reference: dict[str, Any]) -> None:
+    assert reference["modalities"] == ["audio", "video"]
+    assert reference["duration_s"] == pytest.approx(30.0, abs=0.5)
+
+
+@pytest.mark.parametrize(("picture", "sound", "modality"), [
+    (smaller_and_brighter, False, "video"),
+    (mirrored, False, "video"),
+    (letterboxed_with_subtitles, True, "audio+video"),
+    (black, True, "audio"),
+], ids=["muted-smaller-brighter", "muted-mirrored", "letterbox-subtitles-with-sound",
+        "black-screen-with-sound"])
+def test_transformed_clip_is_found_at_its_offset(reference: dict[str, Any],
+                                                 client: ClipmatchClient, tmp_path: Path,
+                                                 picture: Callable[[np.ndarray], np.ndarray],
+                                                 sound: bool, modality: str) -> None:
+    clip = video_clip(video_fixture(REFERENCE), tmp_path / "clip.mp4", CLIP_START_S, CLIP_S,
+                      picture, sound)
+    matches = client.match(clip)["matches"]
+    assert [m["modality"] for m in matches] == [modality]
+    match = matches[0]
+    assert match["reference_id"] == reference["reference_id"]
+    assert match["score"] >= 0.5
+    assert match["speed"] == pytest.approx(1.0, abs=0.03)
+    assert match["reference_start_s"] - match["query_start_s"] == pytest.approx(CLIP_START_S,
+                                                                                abs=0.5)
+    assert match["query_end_s"] - match["query_start_s"] >= 0.6 * CLIP_S
+
+
+def test_audio_and_video_agreeing_score_higher_than_either(reference: dict[str, Any],
+                                                           client: ClipmatchClient,
+                                                           tmp_path: Path) -> None:
+    source = video_fixture(REFERENCE)
+    both = client.match(video_clip(source, tmp_path / "both.mp4", CLIP_START_S, 6.0))
+    muted = client.match(video_clip(source, tmp_path / "muted.mp4", CLIP_START_S, 6.0,
+                                    sound=False))
+    blind = client.match(video_clip(source, tmp_path / "blind.mp4", CLIP_START_S, 6.0, black))
+    fused = both["matches"][0]
+    assert fused["modality"] == "audio+video"
+    assert fused["score"] > max(muted["matches"][0]["score"], blind["matches"][0]["score"])
+
+
+def test_footage_not_in_the_catalogue_matches_nothing(reference: dict[str, Any],
+                                                      client: ClipmatchClient) -> None:
+    assert client.match(video_fixture("city_not_in_catalogue"))["matches"] == []
+
+
+def test_crawler_sent_video_fingerprint_is_matched(reference: dict[str, Any],
+                                                   client: ClipmatchClient,
+                                                   tmp_path: Path) -> None:
+    clip = video_clip(video_fixture(REFERENCE), tmp_path / "clip.mp4", CLIP_START_S, CLIP_S,
+                      mirrored, sound=False)
+    query = fingerprint_media(clip)
+    assert query.audio is None and query.video is not None
+    matches = client.match_fingerprint(video=query.video)["matches"]
+    assert [(m["reference_id"], m["modality"]) for m in matches] == [
+        (reference["reference_id"], "video")]
