@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -121,9 +122,10 @@ def storage(data_dir: Path, audio_h: float) -> dict[str, Any]:
             "data_dir_bytes_by_entry": by_entry}
 
 
-def judge(clip: clipsets.Clip, matches: list[Any], refs: dict[str, str]
-          ) -> tuple[str, Any]:
-    """Verdict on the top match (see the module docstring) and the top match itself."""
+def judge(clip: clipsets.Clip, matches: list[Any], refs: dict[str, str],
+          repeat: Callable[[clipsets.Clip, float], bool] | None = None) -> tuple[str, Any]:
+    """Verdict on the top match (see the module docstring) and the top match itself.
+    ``repeat`` tells whether a wrong offset shows the same material as the true one."""
     if not matches:
         return "none", None
     top = max(matches, key=lambda m: m.score)
@@ -135,7 +137,7 @@ def judge(clip: clipsets.Clip, matches: list[Any], refs: dict[str, str]
     if abs(top.reference_start_s - expected) <= OFFSET_TOLERANCE_S:
         return "exact", top
     claimed = top.reference_start_s - top.query_start_s * clip.speed
-    return ("repeat" if is_repeat(clip, claimed) else "title"), top
+    return ("repeat" if repeat is not None and repeat(clip, claimed) else "title"), top
 
 
 def band_envelope(path: str, start_s: float, length_s: float) -> np.ndarray:
@@ -170,7 +172,8 @@ def is_repeat(clip: clipsets.Clip, claimed_start_s: float) -> bool:
     return float(x @ y / (np.linalg.norm(x) * np.linalg.norm(y) + 1e-12)) >= REPEAT_CORRELATION
 
 
-def evaluate(catalog: Any, clips: list[clipsets.Clip], refs: dict[str, str]) -> list[Outcome]:
+def evaluate(catalog: Any, clips: list[clipsets.Clip], refs: dict[str, str],
+             repeat: Callable[[clipsets.Clip, float], bool] | None = None) -> list[Outcome]:
     """Match every clip in-process, one at a time (timings stay per clip)."""
     outcomes: list[Outcome] = []
     for clip in tqdm(clips, desc="match", unit="clip"):
@@ -181,7 +184,7 @@ def evaluate(catalog: Any, clips: list[clipsets.Clip], refs: dict[str, str]) -> 
             outcomes.append(Outcome(clip, "error", None, time.perf_counter() - start))
             continue
         elapsed = time.perf_counter() - start
-        verdict, top = judge(clip, matches, refs)
+        verdict, top = judge(clip, matches, refs, repeat)
         outcomes.append(Outcome(clip, verdict, None if top is None else asdict(top), elapsed))
     return outcomes
 
@@ -243,8 +246,9 @@ def quantiles(scores: list[float]) -> dict[str, Any]:
                                  for q in QUANTILES}}
 
 
-def summarise(outcomes: list[Outcome]) -> dict[str, Any]:
-    """Grid counts, negatives, score distributions and a threshold sweep."""
+def summarise(outcomes: list[Outcome], negative_label: str = "music") -> dict[str, Any]:
+    """Grid counts, negatives (``negative_label`` names non-speech ones), score
+    distributions and a threshold sweep."""
     grid: dict[str, dict[str, dict[str, int]]] = {}
     negatives: dict[str, dict[str, int]] = {}
     for o in outcomes:
@@ -253,7 +257,8 @@ def summarise(outcomes: list[Outcome]) -> dict[str, Any]:
                 f"{o.clip.length_s:g}s", {"n": 0, "exact": 0, "repeat": 0, "title": 0,
                                           "wrong": 0, "none": 0, "error": 0})
         else:
-            kind = "speech" if o.clip.role == "speech" else f"music {o.clip.degradation}"
+            kind = ("speech" if o.clip.role == "speech"
+                    else f"{negative_label} {o.clip.degradation}")
             cell = negatives.setdefault(kind, {"n": 0, "false": 0, "none": 0, "error": 0})
         cell["n"] += 1
         cell[o.verdict] += 1
@@ -315,24 +320,27 @@ def pct(part: int, whole: int) -> str:
 
 def render(results: dict[str, Any]) -> str:
     """The run as markdown: grid, negatives, cost, score distribution, threshold sweep."""
-    lengths = [f"{length:g}s" for length in clipsets.LENGTHS_S]
+    lengths = [f"{length:g}s" for length in results.get("lengths_s", clipsets.LENGTHS_S)]
     s = results["summary"]
-    lines = [
-        f"### Audio grid — split `{results['split']}`, {results['mode']} mode",
-        "",
+    catalogue_line = results.get("catalogue_line") or (
         f"Catalogue: {results['ingest']['tracks']} tracks, {results['ingest']['audio_h']} h; "
         f"{results['clips_per_cell']} clips per cell; negatives: {s['negative_clips']} clips "
         f"(non-catalogue music {results['corpus']['non_catalogue_h']} h, and speech). "
         f"Cell = % title + offset right (±{OFFSET_TOLERANCE_S:g} s, or at a repeat of the "
         f"true passage) / % title right. Repeats: answers at a repeated passage of the "
-        f"reference (offset-ambiguous), included in the first figure.",
+        f"reference (offset-ambiguous), included in the first figure.")
+    lines = [
+        f"### {results.get('grid_name', 'Audio')} grid — split `{results['split']}`, "
+        f"{results['mode']} mode",
+        "",
+        catalogue_line,
         "",
         "| degradation | " + " | ".join(f"{length[:-1]} s clips" for length in lengths)
         + " | repeats | wrong answers | no answer |",
         "|---|" + "---|" * (len(lengths) + 3),
     ]
     totals = {length: {"n": 0, "exact": 0, "repeat": 0, "title": 0} for length in lengths}
-    for name in (d for d in DEGRADATIONS if d in s["grid"]):
+    for name in (d for d in results.get("rows", DEGRADATIONS) if d in s["grid"]):
         row = s["grid"][name]
         cells = []
         for length in lengths:
@@ -370,6 +378,7 @@ def render(results: dict[str, Any]) -> str:
         f"| 10 s clip, in-process match_media p50 / p95 | {inproc.get('match_p50_ms', '–')} / "
         f"{inproc.get('match_p95_ms', '–')} ms |",
         f"| 10 s clip over gRPC, client p50 / p95 | {grpc} |",
+        *results.get("extra_costs", []),
         "",
         "Top-match score distribution (quantiles):", "",
         "| top match | n | min | 5 % | 25 % | 50 % | 75 % | 95 % | max |",
@@ -388,7 +397,8 @@ def render(results: dict[str, Any]) -> str:
         "; " + "; ".join(f"{f['track']}: {f['error']}" for f in failed) if failed else "") + ". "
         f"Clips of those references, left out of the grid: "
         f"{results['clips_of_failed_references']}. "
-        f"Match errors: {s['errors']}. Pitch shift: {results['pitch_method']}. "
+        f"Match errors: {s['errors']}. {results.get('method_note', '')}"
+        f"{'' if 'method_note' in results else 'Pitch shift: ' + results['pitch_method'] + '. '}"
         f"Load average before / after: {results['loadavg'][0]} / {results['loadavg'][1]}. "
         f"Run time: {results['run_wall_s'] / 60:.1f} min.", ""]
     return "\n".join(lines)
@@ -488,7 +498,7 @@ def main(argv: list[str] | None = None) -> None:
         latency = ({"skipped": "skipped (--no-grpc)"} if args.no_grpc
                    else grpc_latency(data_dir, ten[:LATENCY_CLIPS[args.quick]]))
         catalog = Catalog(str(data_dir))  # reopened, as a restarted service would
-        outcomes = evaluate(catalog, scored, refs)
+        outcomes = evaluate(catalog, scored, refs, is_repeat)
         catalog.close()
 
     negatives = [t for t in tracks if t.role == "non_catalogue"]
