@@ -40,7 +40,7 @@ LENGTHS_S = (5.0, 10.0, 20.0)
 BLOCK_S = 30.0
 """A 20 s clip at speed 1.1 covers 22 s of its source: it fits in one block."""
 SEEDS = {"dev": 11, "eval": 12}
-PER_CELL = {False: 20, True: 6}
+PER_CELL = {False: 12, True: 6}
 NEGATIVES_PER_LENGTH = {False: 30, True: 8}
 NEGATIVE_DEGRADATIONS = ("reencode", "mirror", "letterbox", "gamma", "subtitles", "pip")
 QUICK_DEGRADATIONS = ("reencode", "mirror", "letterbox", "subtitles", "crop_10", "speed_+10",

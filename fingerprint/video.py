@@ -48,6 +48,8 @@ INSET_MIN = 0.25
 """An inset picture covers at least this share of the frame's width and height ..."""
 INSET_MAX = 0.8
 """... and at most this share (bigger is a crop, which the whole-frame descriptor survives)."""
+INSET_ASPECTS = (1.0, 2.5)
+"""Width / height of an inset: landscape pictures, 4:3 to wider than cinema scope."""
 INSETS = 2
 """Inset-picture candidates tried per query."""
 
@@ -127,35 +129,38 @@ def content_box(pixels: np.ndarray) -> tuple[int, int, int, int]:
 
 def inset_boxes(pixels: np.ndarray, within: tuple[int, int, int, int],
                 count: int = INSETS) -> list[tuple[int, int, int, int]]:
-    """Candidate inset pictures: rectangles whose four edges are straight lines that persist
-    across the frames, with the frame's aspect ratio (an inset is scaled, not stretched).
+    """Candidate inset pictures: rectangles of a landscape shape whose four sides are all
+    edges that persist across the frames (the border of a picture laid over other video).
     Strongest first."""
     top, bottom, left, right = within
     frames = pixels[:, top:bottom, left:right]
     if len(frames) < 2 or min(frames.shape[1:]) < 16:
         return []
     height, width = frames.shape[1:]
-    # Mean edge strength per column / row, relative to its neighbourhood: a persistent
-    # straight edge stands out; texture spreads evenly.
-    cols = _line_stats(frames, lambda f: np.abs(np.diff(f, axis=2)), (0, 1))[0]
-    rows = _line_stats(frames, lambda f: np.abs(np.diff(f, axis=1)), (0, 2))[0]
+    # Mean edge strength at every position over the clip: a persistent straight edge stays
+    # strong along its whole length; moving content averages out.
+    vertical = _line_stats(frames, lambda f: np.abs(np.diff(f, axis=2)), (0,))[0]
+    horizontal = _line_stats(frames, lambda f: np.abs(np.diff(f, axis=1)), (0,))[0]
+    cols, rows = vertical.mean(axis=0), horizontal.mean(axis=1)
     cols -= np.convolve(cols, np.ones(9) / 9, mode="same")
     rows -= np.convolve(rows, np.ones(9) / 9, mode="same")
-    xs, ys = _peaks(cols, 4), _peaks(rows, 4)
+    level = float(np.median(vertical))
     found = []
+    xs, ys = _peaks(cols, 6), _peaks(rows, 6)
     for i, x0 in enumerate(xs):
         for x1 in xs[i + 1:]:
             for j, y0 in enumerate(ys):
                 for y1 in ys[j + 1:]:
                     w, h = x1 - x0, y1 - y0
                     if not (INSET_MIN * width <= w <= INSET_MAX * width
-                            and INSET_MIN * height <= h <= INSET_MAX * height):
+                            and INSET_MIN * height <= h <= INSET_MAX * height
+                            and INSET_ASPECTS[0] <= w / h <= INSET_ASPECTS[1]):
                         continue
-                    if abs(np.log((w / h) / (width / height))) > 0.2:
-                        continue
-                    strength = cols[x0] + cols[x1] + rows[y0] + rows[y1]
-                    found.append((strength, (top + y0 + 1, top + y1 + 1, left + x0 + 1,
-                                             left + x1 + 1)))
+                    sides = (vertical[y0 + 1:y1 + 1, x0].mean(), vertical[y0 + 1:y1 + 1, x1].mean(),
+                             horizontal[y0, x0 + 1:x1 + 1].mean(),
+                             horizontal[y1, x0 + 1:x1 + 1].mean())
+                    found.append((min(sides) - level, (top + y0 + 1, top + y1 + 1,
+                                                       left + x0 + 1, left + x1 + 1)))
     found.sort(key=lambda item: -item[0])
     return [box for _, box in found[:count]]
 

@@ -111,7 +111,7 @@ window plus the 8-byte id, and an order of magnitude faster than exact search.""
 
 VIDEO = Modality("video", video.FORMAT, video.DIM, 1.0 / VIDEO_FRAME_RATE,
                  1.0 / VIDEO_FRAME_RATE, "IDMap,PQ21x4fs",
-                 MatchParams(similarity_floor=0.6, similarity_midpoint=0.72,
+                 MatchParams(similarity_floor=0.6, similarity_midpoint=0.75,
                              short_penalty=0.5))
 """Frames of unrelated footage reach 0.53 at the 99th percentile, so votes start at 0.6."""
 
