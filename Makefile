@@ -29,11 +29,15 @@ proto: $(GENERATED)
 
 bench: $(INSTALLED) $(GENERATED)
 	bash benchmarks/setup.sh
-	$(PY) -m benchmarks.audio_grid
+	$(PY) -m benchmarks.audio_grid --write-md
+	$(PY) -m benchmarks.video_corpus
+	$(PY) -m benchmarks.video_grid --write-md
 
 bench-quick: $(INSTALLED) $(GENERATED)
 	bash benchmarks/setup.sh
 	$(PY) -m benchmarks.audio_grid --quick
+	$(PY) -m benchmarks.video_corpus
+	$(PY) -m benchmarks.video_grid --quick
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)

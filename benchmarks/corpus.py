@@ -53,15 +53,11 @@ _VARIANT_SUFFIX = re.compile(r"([_-]?(old|remix|fast|map|sd|theme|\d+))+$")
 
 
 @dataclass(frozen=True)
-class Track:
-    """One music file of the corpus as recorded in the manifest."""
+class MediaFile:
+    """A file of the corpus: a path inside an unpacked package under MEDIA."""
 
     package: str
     path: str
-    duration_s: float
-    sha256: str
-    variant_group: str
-    role: str
 
     @property
     def file(self) -> Path:
@@ -71,6 +67,16 @@ class Track:
     def key(self) -> str:
         """Short stable id, used in clip cache names and results."""
         return f"{self.package}:{self.path.rsplit('/', 1)[-1]}"
+
+
+@dataclass(frozen=True)
+class Track(MediaFile):
+    """One music file of the corpus as recorded in the manifest."""
+
+    duration_s: float
+    sha256: str
+    variant_group: str
+    role: str
 
 
 def run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[bytes]:

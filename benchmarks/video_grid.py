@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true",
                         help=f"{PER_CELL[True]} clips per cell, a subset of transformations")
     parser.add_argument("--no-grpc", action="store_true", help="skip the gRPC latency part")
+    parser.add_argument("--write-md", action="store_true", help="regenerate BENCHMARKS.md")
     args = parser.parse_args(argv)
     run_start, load_before = time.perf_counter(), os.getloadavg()[0]
     stem = grid.RESULTS / (f"video_{args.split}" + ("_quick" if args.quick else ""))
@@ -213,6 +214,8 @@ def main(argv: list[str] | None = None) -> None:
     table = grid.render(results)
     print(table)
     stem.with_suffix(".md").write_text(table)
+    if args.write_md:
+        grid.write_benchmarks_md()
 
 
 if __name__ == "__main__":
