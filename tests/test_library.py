@@ -18,9 +18,9 @@ from fingerprint.audio import (
     band_frames,
     descriptors,
 )
-from fingerprint.decode import SAMPLE_RATE, MediaError, decode_audio
+from fingerprint.decode import SAMPLE_RATE, MediaError, decode_audio, decode_media
 from index.catalog import Catalog, DuplicateError, NotFoundError
-from tests.media import CATALOGUE, encode, excerpt, fixture, load, sped_up
+from tests.media import CATALOGUE, encode, excerpt, fixture, load, sped_up, video_fixture
 
 # -- decode -------------------------------------------------------------------------------
 
@@ -236,3 +236,18 @@ def test_data_dir_of_another_fingerprint_format_is_refused(tmp_path: Path) -> No
     with sqlite3.connect(data / "catalog.sqlite") as db:
         assert db.execute("SELECT COUNT(*) FROM reference").fetchone() == (1,)
     db.close()
+
+
+def test_video_damaged_in_the_middle_decodes_around_the_damage(tmp_path: Path) -> None:
+    """A corrupt stretch of a file costs the frames and sound inside it, not the rest."""
+    intact = video_fixture("intro_excerpt")
+    data = bytearray(intact.read_bytes())
+    data[len(data) * 2 // 5:len(data) * 3 // 5] = bytes(len(data) // 5)
+    damaged = tmp_path / "damaged.mp4"
+    damaged.write_bytes(bytes(data))
+    whole, partial = decode_media(intact), decode_media(damaged)
+    assert whole.frames is not None and partial.frames is not None
+    assert partial.samples is not None and whole.samples is not None
+    assert len(partial.frames) < len(whole.frames)
+    assert partial.frame_times[0] < 1.0 and partial.frame_times[-1] > 25.0
+    assert 0.3 * whole.samples.size < partial.samples.size < whole.samples.size

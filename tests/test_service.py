@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 from client.sdk import ClipmatchClient, ClipmatchError
 from clipmatch.v1 import clipmatch_pb2 as pb
 from clipmatch.v1 import clipmatch_pb2_grpc as pb_grpc
+from fingerprint import video
 from fingerprint.audio import band_frames
 from fingerprint.decode import SAMPLE_RATE as LIBRARY_RATE
 from fingerprint.decode import decode_audio
@@ -358,24 +359,48 @@ def _fingerprint(**overrides: Any) -> pb.AudioFingerprint:
     return fingerprint
 
 
+def _video_fingerprint(**overrides: Any) -> pb.VideoFingerprint:
+    """A well-formed video fingerprint (8 frames of 128 x 72) with some fields overridden."""
+    pixels = np.random.default_rng(0).integers(0, 256, (8, 72, 128), dtype=np.uint8)
+    fields = {"format": video.FORMAT, "width": 128, "height": 72, "pixels": pixels.tobytes(),
+              "times": [i / 4 for i in range(8)]}
+    return pb.VideoFingerprint(**{**fields, **overrides})
+
+
+def _request(kind: str, overrides: dict[str, Any]) -> pb.MatchFingerprintRequest:
+    if kind == "audio":
+        return pb.MatchFingerprintRequest(audio=_fingerprint(**overrides))
+    if kind == "video":
+        return pb.MatchFingerprintRequest(video=_video_fingerprint(**overrides))
+    return pb.MatchFingerprintRequest()
+
+
 BAD_FINGERPRINTS = [
-    pytest.param({"format": "chromaprint-v9"}, "format", id="unknown-format"),
-    pytest.param({"num_bands": 0}, "num_bands", id="no-bands"),
-    pytest.param({"values": b""}, "empty", id="no-frames"),
-    pytest.param({"values": b"\x00" * 7}, "bytes", id="partial-frame"),
-    pytest.param({"num_bands": 4, "values": np.full((10, 4), np.nan, "<f2").tobytes()}, "nan",
-                 id="nan-values"),
-    pytest.param({"num_bands": 2, "values": np.zeros((10, 2), "<f2").tobytes()}, "band",
-                 id="wrong-band-count"),
-    pytest.param({"frame_rate_hz": 100.0}, "rate", id="wrong-frame-rate"),
-    pytest.param({"frame_rate_hz": float("nan")}, "frame_rate_hz", id="nan-frame-rate"),
+    pytest.param("audio", {"format": "chromaprint-v9"}, "format", id="unknown-format"),
+    pytest.param("audio", {"num_bands": 0}, "num_bands", id="no-bands"),
+    pytest.param("audio", {"values": b""}, "empty", id="no-frames"),
+    pytest.param("audio", {"values": b"\x00" * 7}, "bytes", id="partial-frame"),
+    pytest.param("audio", {"num_bands": 4, "values": np.full((10, 4), np.nan, "<f2").tobytes()},
+                 "nan", id="nan-values"),
+    pytest.param("audio", {"num_bands": 2, "values": np.zeros((10, 2), "<f2").tobytes()},
+                 "band", id="wrong-band-count"),
+    pytest.param("audio", {"frame_rate_hz": 100.0}, "rate", id="wrong-frame-rate"),
+    pytest.param("audio", {"frame_rate_hz": float("nan")}, "frame_rate_hz",
+                 id="nan-frame-rate"),
+    pytest.param("none", {}, "no fingerprint", id="neither-audio-nor-video"),
+    pytest.param("video", {"format": "pdq"}, "format", id="video-unknown-format"),
+    pytest.param("video", {"height": 0}, "height", id="video-no-height"),
+    pytest.param("video", {"pixels": b"\x00" * 1000}, "bytes", id="video-partial-frame"),
+    pytest.param("video", {"width": 64, "height": 144}, "wide", id="video-wrong-width"),
+    pytest.param("video", {"times": [0.0] * 8}, "increase", id="video-times-not-increasing"),
+    pytest.param("video", {"times": [0.0, 0.25]}, "times", id="video-times-missing"),
 ]
 
 
-@pytest.mark.parametrize(("overrides", "word"), BAD_FINGERPRINTS)
-def test_bad_fingerprint_is_invalid_argument(channel: grpc.Channel, overrides: dict[str, Any],
-                                             word: str) -> None:
-    request = pb.MatchFingerprintRequest(audio=_fingerprint(**overrides))
+@pytest.mark.parametrize(("kind", "overrides", "word"), BAD_FINGERPRINTS)
+def test_bad_fingerprint_is_invalid_argument(channel: grpc.Channel, kind: str,
+                                             overrides: dict[str, Any], word: str) -> None:
+    request = _request(kind, overrides)
     with pytest.raises(grpc.RpcError) as caught:
         pb_grpc.MatchServiceStub(channel).MatchFingerprint(request, timeout=30)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
