@@ -212,12 +212,11 @@ def descriptors(frames: VideoFrames, regions: list[Region]
 
     Returns (vectors float32 [n, DIM], frame times (s), region index).
     """
+    if not regions:
+        raise ValueError("at least one region is needed")
     parts = [_region_descriptors(frames, region) for region in regions]
-    vectors = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, DIM), np.float32)
-    times = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0)
-    which = np.concatenate([np.full(len(p[1]), i, np.int64) for i, p in enumerate(parts)]) if (
-        parts) else np.zeros(0, np.int64)
-    return vectors, times, which
+    return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+            np.concatenate([np.full(len(p[1]), i, np.int64) for i, p in enumerate(parts)]))
 
 
 def _region_descriptors(frames: VideoFrames, region: Region) -> tuple[np.ndarray, np.ndarray]:

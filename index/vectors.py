@@ -16,9 +16,6 @@ import faiss
 import numpy as np
 
 SLOT_BITS = 24  # 2**24 windows of 0.25 s: references up to 1,165 h each
-DEFAULT_FACTORY = "IDMap,PQ30x4fs"
-"""4-bit product-quantiser codes searched with FAISS's SIMD fast-scan kernels: 15 bytes
-per window plus the 8-byte id, and an order of magnitude faster than exact search."""
 EXACT_FACTORY = "IDMap,Flat"
 """Used until the catalogue holds enough windows to train the quantiser."""
 
@@ -76,7 +73,7 @@ def needs_training(factory: str, dim: int) -> bool:
 class VectorIndex:
     """Thread-safe add / remove / search over one FAISS index."""
 
-    def __init__(self, dim: int, factory: str = DEFAULT_FACTORY,
+    def __init__(self, dim: int, factory: str,
                  index: faiss.Index | None = None, training: np.ndarray | None = None,
                  trained_on: int = 0) -> None:
         self.dim = dim
