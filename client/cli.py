@@ -103,7 +103,7 @@ def _render_matches(path: str, result: dict[str, Any]) -> str:
     return "\n".join(
         f'{path}: "{m["title"]}" {m["reference_start_s"]:.1f}–{m["reference_end_s"]:.1f} s '
         f'(clip {m["query_start_s"]:.1f}–{m["query_end_s"]:.1f} s) '
-        f'score {m["score"]:.2f} speed {m["speed"]:.2f}'
+        f'score {m["score"]:.2f} speed {m["speed"]:.2f} ({m["modality"]})'
         for m in result["matches"])
 
 

@@ -103,6 +103,7 @@ def test_match_readable_output(registered: dict[str, dict[str, Any]], server: Se
     assert "(clip " in first
     assert " score " in first
     assert " speed " in first
+    assert first.endswith("(audio)")
     assert last == f"{unknown}: no match"
 
 
