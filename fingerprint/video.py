@@ -44,6 +44,9 @@ BORDER_FLATNESS = 6.0
 MAX_BORDER = 0.35
 """Borders never take more than this share of the frame on one side."""
 
+REFERENCE_CROP = 0.05
+"""Each reference frame is also described without this share of every side (a 10 % crop)."""
+
 INSET_MIN = 0.25
 """An inset picture covers at least this share of the frame's width and height ..."""
 INSET_MAX = 0.8
@@ -194,8 +197,13 @@ def _peaks(profile: np.ndarray, count: int, separation: int = 4) -> list[int]:
 
 
 def reference_regions(frames: VideoFrames) -> list[Region]:
-    """The whole picture inside its borders."""
-    return [Region(content_box(frames.pixels))]
+    """The whole picture inside its borders, and its centre without REFERENCE_CROP of each
+    side: a cropped copy matches that view at its own instant, rather than a moment of a
+    slow zoom that happens to frame the picture the same way."""
+    top, bottom, left, right = content_box(frames.pixels)
+    dy, dx = round((bottom - top) * REFERENCE_CROP), round((right - left) * REFERENCE_CROP)
+    return [Region((top, bottom, left, right)),
+            Region((top + dy, bottom - dy, left + dx, right - dx))]
 
 
 def query_regions(frames: VideoFrames) -> list[Region]:

@@ -186,8 +186,13 @@ def verify(segment: Segment, query_vectors: np.ndarray, query_times: np.ndarray,
     best = np.full(len(q_times), -1.0, np.float32)
     for slot in (np.floor(position), np.ceil(position)):
         row = np.searchsorted(reference_slots, slot.astype(np.int64))
-        row = np.clip(row, 0, len(reference_slots) - 1)
-        present = reference_slots[row] == slot
-        sims = np.einsum("ij,ij->i", q_vectors[present], reference_vectors[row[present]])
-        best[present] = np.maximum(best[present], sims)
+        # A slot may hold several descriptors (views of one frame): the best one counts.
+        while True:
+            present = row < len(reference_slots)
+            present[present] = reference_slots[row[present]] == slot[present]
+            if not present.any():
+                break
+            sims = np.einsum("ij,ij->i", q_vectors[present], reference_vectors[row[present]])
+            best[present] = np.maximum(best[present], sims)
+            row = np.where(present, row + 1, len(reference_slots))
     return float(np.mean(np.clip(best, 0.0, None)))

@@ -339,7 +339,8 @@ class Catalog:
             vectors, times, _ = video.descriptors(query.video,
                                                   video.reference_regions(query.video))
             if len(vectors):
-                fingerprints["video"] = Fingerprints(vectors, times)
+                order = np.argsort(times, kind="stable")  # each frame's views side by side
+                fingerprints["video"] = Fingerprints(vectors[order], times[order])
         if not fingerprints:
             raise MediaError(
                 "there is nothing to fingerprint: the audio is silent or shorter than 2.5 s and "
