@@ -179,14 +179,10 @@ def main(argv: list[str] | None = None) -> None:
             f"{sum(v.duration_s for v in negatives) / 60:.1f} min of footage not in the "
             f"catalogue, transformed in turn by {', '.join(NEGATIVE_DEGRADATIONS)}. Cell = % "
             f"title + offset right (±{grid.OFFSET_TOLERANCE_S:g} s) / % title right."),
-        "ingest": {**ingest_rest, "tracks": len(refs), "audio_h": round(hours, 3),
-                   "cpu_s": round(ingest_hd["cpu_s"] + ingest_rest["cpu_s"], 1),
-                   "wall_s": round(ingest_hd["wall_s"] + ingest_rest["wall_s"], 1),
-                   "x_realtime_per_core": round(hours * 3600 / max(
-                       ingest_hd["cpu_s"] + ingest_rest["cpu_s"], 1e-9), 1),
-                   "x_realtime_wall": round(hours * 3600 / max(
-                       ingest_hd["wall_s"] + ingest_rest["wall_s"], 1e-9), 1),
-                   "failed": ingest_hd["failed"] + ingest_rest["failed"]},
+        "ingest": grid.ingest_costs(
+            len(refs), hours * 3600, ingest_hd["cpu_s"] + ingest_rest["cpu_s"],
+            ingest_hd["wall_s"] + ingest_rest["wall_s"],
+            ingest_hd["failed"] + ingest_rest["failed"]),
         "ingest_720p": ingest_hd, "storage": sizes, "latency": latency,
         "video_index_bytes_per_h": round(video_index_per_h),
         "offset_error": offsets, "summary": summary,
