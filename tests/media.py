@@ -77,13 +77,15 @@ def encode(path: Path, samples: np.ndarray, sample_rate: int = SAMPLE_RATE,
     return path
 
 
-def video_only(path: Path, frames: int = 12) -> Path:
-    """A short, valid video file with no audio track."""
+def video_only(path: Path, frames: int = 12, size: tuple[int, int] = (64, 48),
+               codec: str = "mpeg4", pix_fmt: str = "yuv420p") -> Path:
+    """A short, valid video file with no audio track, of ``size`` (width, height)."""
+    width, height = size
     with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=12)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream = container.add_stream(codec, rate=12)
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
         for i in range(frames):
-            image = np.full((48, 64, 3), i * 20, dtype=np.uint8)
+            image = np.full((height, width, 3), i * 20, dtype=np.uint8)
             video_frame = av.VideoFrame.from_ndarray(image, format="rgb24")
             container.mux(stream.encode(video_frame))
         container.mux(stream.encode(None))

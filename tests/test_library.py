@@ -20,7 +20,16 @@ from fingerprint.audio import (
 )
 from fingerprint.decode import SAMPLE_RATE, MediaError, decode_audio, decode_media
 from index.catalog import Catalog, DuplicateError, NotFoundError
-from tests.media import CATALOGUE, encode, excerpt, fixture, load, sped_up, video_fixture
+from tests.media import (
+    CATALOGUE,
+    encode,
+    excerpt,
+    fixture,
+    load,
+    sped_up,
+    video_fixture,
+    video_only,
+)
 
 # -- decode -------------------------------------------------------------------------------
 
@@ -251,3 +260,18 @@ def test_video_damaged_in_the_middle_decodes_around_the_damage(tmp_path: Path) -
     assert len(partial.frames) < len(whole.frames)
     assert partial.frame_times[0] < 1.0 and partial.frame_times[-1] > 25.0
     assert 0.3 * whole.samples.size < partial.samples.size < whole.samples.size
+
+
+def test_pictures_beyond_8k_are_refused_before_decoding(tmp_path: Path) -> None:
+    huge = video_only(tmp_path / "huge.mkv", frames=2, size=(7696, 4336), codec="mjpeg",
+                      pix_fmt="yuvj420p")
+    with pytest.raises(MediaError, match="7696x4336, larger than the 8K"):
+        decode_media(huge)
+
+
+def test_media_longer_than_the_limit_is_refused() -> None:
+    """The limit bounds the memory one decoding pass holds, whatever the upload's length."""
+    intro = video_fixture("intro_excerpt")
+    with pytest.raises(MediaError, match=r"runs longer than 0\.25 min"):
+        decode_media(intro, max_duration_s=15.0)
+    assert decode_media(intro, max_duration_s=40.0).frames is not None
