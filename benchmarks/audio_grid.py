@@ -407,7 +407,8 @@ def render(results: dict[str, Any]) -> str:
         f"{'' if 'method_note' in results else 'Pitch shift: ' + results['pitch_method'] + '. '}"
         f"Load average before / after: {results['loadavg'][0]} / {results['loadavg'][1]}. "
         f"Run time: {results['run_wall_s'] / 60:.1f} min.", ""]
-    return "\n".join(lines)
+    sections = results.get("extra_sections", [])  # e.g. the video grid's fusion table
+    return "\n".join(lines + sections + ([""] if sections else []))
 
 
 def corpus_notes() -> list[str]:

@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +34,7 @@ from tqdm import tqdm
 from benchmarks import audio_grid as grid
 from benchmarks.clips import Clip
 from benchmarks.corpus import CACHE, fetch_package
+from benchmarks.degrade import DEGRADATIONS, degrade
 from benchmarks.video_corpus import Video, backgrounds, load_videos
 from benchmarks.video_degrade import FONT, VIDEO_DEGRADATIONS, degrade_video
 
@@ -45,6 +47,12 @@ NEGATIVES_PER_LENGTH = {False: 30, True: 8}
 NEGATIVE_DEGRADATIONS = ("reencode", "mirror", "letterbox", "gamma", "subtitles", "pip")
 QUICK_DEGRADATIONS = ("reencode", "mirror", "letterbox", "subtitles", "crop_10", "speed_+10",
                       "pip")
+FUSION_ROWS = {"pip+speech_0db": ("pip", "speech_0db"), "logo+noise_0db": ("logo", "noise_0db"),
+               "crop_10+speech_0db": ("crop_10", "speech_0db")}
+"""Clips with sound whose picture and sound are both degraded (the weakest transformation of
+each grid): matched by audio alone, video alone and both, to measure what fusion adds."""
+FUSION_LENGTHS_S = (5.0, 10.0)
+FUSION_MODES = ("audio", "video", "audio+video")
 
 
 def _draw(rng: np.random.Generator, split: str, sources: list[Video], length_s: float,
@@ -70,9 +78,12 @@ def _draw(rng: np.random.Generator, split: str, sources: list[Video], length_s: 
 
 def _clip(split: str, role: str, video: Video, start: float, length: float,
           degradation: str) -> Clip:
-    spec = VIDEO_DEGRADATIONS[degradation]
+    """A clip of a grid row, or of a fusion row (``picture+sound``)."""
+    picture, _, sound = degradation.partition("+")
+    digest = VIDEO_DEGRADATIONS[picture].digest + (DEGRADATIONS[sound].digest if sound else "")
+    spec = VIDEO_DEGRADATIONS[picture]
     name = f"{video.key.replace(':', '__').rsplit('.', 1)[0]}@{start:08.3f}.mp4"
-    path = (CACHE / "video_clips" / split / role / f"{degradation}-{spec.digest}"
+    path = (CACHE / "video_clips" / split / role / f"{degradation}-{digest}"
             / f"{length:g}s" / name)
     return Clip(str(path), role, video.key, str(video.file), degradation, length, start,
                 spec.speed)
@@ -95,11 +106,45 @@ def plan(split: str, quick: bool, videos: list[Video]) -> list[Clip]:
     return clips
 
 
+def plan_fusion(split: str, quick: bool, videos: list[Video]) -> list[Clip]:
+    """Clips with sound for the fusion rows, drawn apart from ``plan``'s (own seed)."""
+    rng = np.random.default_rng(SEEDS[split] + 100)
+    catalogue = [v for v in videos if v.role == "catalogue" and v.has_audio]
+    negatives = [v for v in videos if v.role == "non_catalogue" and v.has_audio]
+    rows = list(FUSION_ROWS)
+    clips = []
+    for length in FUSION_LENGTHS_S:
+        for video, start in _draw(rng, split, catalogue, length, PER_CELL[quick]):
+            clips += [_clip(split, "catalogue", video, start, length, row) for row in rows]
+        for i, (video, start) in enumerate(_draw(rng, split, negatives, length,
+                                                 NEGATIVES_PER_LENGTH[quick] // 2)):
+            clips.append(_clip(split, "non_catalogue", video, start, length,
+                               rows[i % len(rows)]))
+    return clips
+
+
 def _generate(job: tuple[Clip, str, str]) -> None:
+    """Render one clip: the picture transformed (muted), and for a fusion row the sound
+    degraded by the audio grid's code and muxed back in as AAC."""
     clip, background, font = job
     seed = int.from_bytes(hashlib.sha256(clip.path.encode()).digest()[:8], "little")
-    degrade_video(Path(clip.source), clip.reference_start_s, clip.length_s, clip.degradation,
-                  Path(clip.path), Path(background), Path(font), np.random.default_rng(seed))
+    rng = np.random.default_rng(seed)
+    picture, _, sound = clip.degradation.partition("+")
+    out = Path(clip.path)
+    muted = out.with_name(out.stem + ".picture.mp4") if sound else out
+    degrade_video(Path(clip.source), clip.reference_start_s, clip.length_s, picture, muted,
+                  Path(background), Path(font), rng)
+    if not sound:
+        return
+    wav = out.with_name(out.stem + ".sound.wav")
+    degrade(Path(clip.source), clip.reference_start_s, clip.length_s, sound, wav, rng)
+    partial = out.with_name(out.stem + ".partial.mp4")
+    subprocess.run(["ffmpeg", "-nostdin", "-y", "-loglevel", "error", "-i", str(muted),
+                    "-i", str(wav), "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy",
+                    "-c:a", "aac", "-b:a", "96k", "-shortest", str(partial)], check=True)
+    partial.replace(out)
+    muted.unlink()
+    wav.unlink()
 
 
 def materialise(clips: list[Clip], font: Path) -> None:
@@ -111,6 +156,51 @@ def materialise(clips: list[Clip], font: Path) -> None:
         with ProcessPoolExecutor(os.cpu_count() or 1) as pool:
             list(tqdm(pool.map(_generate, missing, chunksize=2), total=len(missing),
                       desc="rendering clips", unit="clip"))
+
+
+def evaluate_fusion(catalog: Any, clips: list[Clip], refs: dict[str, str]) -> dict[str, Any]:
+    """Match each fusion clip three ways (its audio alone, its picture alone, both) and count
+    exact answers per row x length x way, and false matches per way on non-catalogue clips."""
+    from index.catalog import Query, fingerprint_media
+
+    cells: dict[str, dict[str, dict[str, int]]] = {}
+    false = dict.fromkeys(FUSION_MODES, 0)
+    negatives = 0
+    for clip in tqdm(clips, desc="fusion", unit="clip"):
+        query = fingerprint_media(clip.path)
+        ways = {"audio": Query(audio=query.audio), "video": Query(video=query.video),
+                "audio+video": query}
+        verdicts = {mode: grid.judge(clip, catalog.match(ways[mode]), refs)[0]
+                    for mode in FUSION_MODES}
+        if clip.role != "catalogue":
+            negatives += 1
+            for mode, verdict in verdicts.items():
+                false[mode] += verdict == "false"
+            continue
+        cell = cells.setdefault(clip.degradation, {}).setdefault(
+            f"{clip.length_s:g}s", {"n": 0, **dict.fromkeys(FUSION_MODES, 0)})
+        cell["n"] += 1
+        for mode, verdict in verdicts.items():
+            cell[mode] += verdict in ("exact", "repeat")
+    return {"cells": cells, "false": false, "negatives": negatives}
+
+
+def fusion_lines(fusion: dict[str, Any], split: str) -> list[str]:
+    """The fusion table for BENCHMARKS.md."""
+    lines = ["", f"### Fusion — split `{split}`: picture and sound both degraded", "",
+             f"Clips with sound of the catalogue footage that has a soundtrack; each matched by "
+             f"its audio alone, its picture alone, and both (what `MatchClip` does). Cell = % "
+             f"title + offset right (±{grid.OFFSET_TOLERANCE_S:g} s).", "",
+             "| picture + sound | length | clips | audio alone | video alone | audio+video |",
+             "|---|---|---|---|---|---|"]
+    for row, by_length in fusion["cells"].items():
+        for length, cell in by_length.items():
+            pcts = " | ".join(f"{100 * cell[mode] / cell['n']:.0f}" for mode in FUSION_MODES)
+            lines.append(f"| {row.replace('+', ' + ')} | {length} | {cell['n']} | {pcts} |")
+    false = ", ".join(f"{mode} {fusion['false'][mode]}" for mode in FUSION_MODES)
+    lines += ["", f"False matches on {fusion['negatives']} non-catalogue clips with sound "
+              f"(same degradations): {false}."]
+    return lines
 
 
 def offset_errors(outcomes: list[grid.Outcome]) -> dict[str, Any]:
@@ -139,7 +229,8 @@ def main(argv: list[str] | None = None) -> None:
     videos = load_videos()
     font = fetch_package("fonts-nanum") / FONT
     clips = plan(args.split, args.quick, videos)
-    materialise(clips, font)
+    fusion_clips = plan_fusion(args.split, args.quick, videos)
+    materialise(clips + fusion_clips, font)
     catalogue = [v for v in videos if v.role == "catalogue"]
     hd = [v for v in catalogue if v.height >= 720]
     with tempfile.TemporaryDirectory(prefix="clipmatch-video-bench-") as tmp:
@@ -159,6 +250,7 @@ def main(argv: list[str] | None = None) -> None:
                    else grid.grpc_latency(data_dir, ten[:grid.LATENCY_CLIPS[args.quick]]))
         catalog = Catalog(str(data_dir))
         outcomes = grid.evaluate(catalog, clips, refs)
+        fusion = evaluate_fusion(catalog, fusion_clips, refs)
         catalog.close()
 
     summary = grid.summarise(outcomes, negative_label="footage")
@@ -185,7 +277,8 @@ def main(argv: list[str] | None = None) -> None:
             ingest_hd["failed"] + ingest_rest["failed"]),
         "ingest_720p": ingest_hd, "storage": sizes, "latency": latency,
         "video_index_bytes_per_h": round(video_index_per_h),
-        "offset_error": offsets, "summary": summary,
+        "offset_error": offsets, "summary": summary, "fusion": fusion,
+        "extra_sections": fusion_lines(fusion, args.split),
         "extra_costs": [
             f"| ingest of 720p H.264 (picture and sound), x realtime per CPU core "
             f"| {ingest_hd['x_realtime_per_core']}x ({ingest_hd['tracks']} videos, "

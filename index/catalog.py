@@ -102,6 +102,8 @@ class Modality:
     factory: str
     """FAISS index factory string once the catalogue is big enough to train it"""
     params: MatchParams
+    refine_speeds: tuple[float, ...] = ()
+    """speeds over which a candidate's alignment line is re-rated (see ``align.refine``)"""
 
 
 AUDIO = Modality("audio", audio.FORMAT, audio.DIM, audio.REFERENCE_HOP_S, audio.WINDOW_S,
@@ -109,23 +111,32 @@ AUDIO = Modality("audio", audio.FORMAT, audio.DIM, audio.REFERENCE_HOP_S, audio.
 """4-bit product-quantiser codes searched with FAISS's SIMD fast-scan kernels: 15 bytes per
 window plus the 8-byte id, and an order of magnitude faster than exact search."""
 
-VIDEO = Modality("video", video.FORMAT, video.DIM, 1.0 / VIDEO_FRAME_RATE,
-                 1.0 / VIDEO_FRAME_RATE, "IDMap,PQ21x4fs",
-                 MatchParams(similarity_floor=0.6, similarity_midpoint=0.75,
-                             short_penalty=0.5))
-"""Frames of unrelated footage reach 0.53 at the 99th percentile, so votes start at 0.6."""
-
-MODALITIES = (AUDIO, VIDEO)
-
 VIDEO_SPEEDS = (0.9, 0.95, 1.0, 1.05, 1.1)
 """Speed hypotheses for aligning video: frame descriptors do not change with speed, only the
 slope of the alignment does; 0.05 apart, a 10 s clip drifts at most one offset bin."""
 
+VIDEO = Modality("video", video.FORMAT, video.DIM, 1.0 / VIDEO_FRAME_RATE,
+                 1.0 / VIDEO_FRAME_RATE, "IDMap,PQ21x4fs",
+                 MatchParams(similarity_floor=0.6, similarity_midpoint=0.75,
+                             short_penalty=0.5),
+                 refine_speeds=VIDEO_SPEEDS)
+"""Frames of unrelated footage reach 0.53 at the 99th percentile, so votes start at 0.6."""
+
+MODALITIES = (AUDIO, VIDEO)
+
 FUSE_TOLERANCE_S = 1.0
 """Audio and video segments of one reference whose offsets agree this closely are one match."""
 
+FUSION_FLOOR = 0.2
+"""When a clip has both tracks, each modality's candidates down to this score are kept to be
+paired: two weak answers that agree on reference and offset are independent evidence, and
+their fused score decides. Unpaired, each must still reach its own modality's min_score."""
+
 LONG_QUERY_S = 6.0
 """Clips longer than this search with half their audio windows (see ``_search_windows``)."""
+
+REFINE_SHIFT_S = 1.0
+"""How far refinement moves a video segment's middle: votes place it within a second."""
 
 VERIFY_SPAN_S = 6.0
 """A candidate is verified over at least this much of the query (window starts)."""
@@ -395,16 +406,21 @@ class Catalog:
     def match(self, query: Query) -> list[Match]:
         """Identify a clip from its stage-1 fingerprints (what a crawler computes and sends):
         each modality on its own, then audio and video matches that agree fused into one."""
+        tracks = {"audio": (query.audio, _describe_audio), "video": (query.video, _describe_video)}
+        present = {name: (frames, describe) for name, (frames, describe) in tracks.items()
+                   if frames is not None}
         found = {}
-        if query.audio is not None:
-            found["audio"] = self._match_modality(self.modalities["audio"],
-                                                  _describe_audio(query.audio))
-        if query.video is not None:
-            found["video"] = self._match_modality(self.modalities["video"],
-                                                  _describe_video(query.video))
-        return _fuse(found.get("audio", []), found.get("video", []))
+        for name, (frames, describe) in present.items():
+            modality = self.modalities[name]
+            floor = modality.params.min_score
+            if len(present) > 1:
+                floor = min(floor, FUSION_FLOOR)
+            found[name] = self._match_modality(modality, describe(frames), floor)
+        return _fuse(found.get("audio", []), found.get("video", []),
+                     {m.name: m.params.min_score for m in self.modalities.values()})
 
-    def _match_modality(self, modality: Modality, described: _Described) -> list[Match]:
+    def _match_modality(self, modality: Modality, described: _Described,
+                        min_score: float) -> list[Match]:
         index = self._indexes[modality.name].index
         if len(described.vectors) == 0 or index.ntotal == 0:
             return []
@@ -421,11 +437,15 @@ class Catalog:
             stored = self._fingerprints(segment.reference, reference.reference_id,
                                         modality.name)
             mine = described.group == described.hypotheses[segment.transform][0]
-            similarity = align.verify(segment, described.vectors[mine], described.times[mine],
-                                      stored.vectors, slots(stored.times), modality.hop_s,
-                                      VERIFY_SPAN_S)
+            evidence = (described.vectors[mine], described.times[mine], stored.vectors,
+                        slots(stored.times), modality.hop_s, VERIFY_SPAN_S)
+            if modality.refine_speeds:
+                segment, similarity = align.refine(segment, modality.refine_speeds,
+                                                   REFINE_SHIFT_S, *evidence)
+            else:
+                similarity = align.verify(segment, *evidence)
             score = params.score(similarity, segment.query_end_s - segment.query_start_s)
-            if score < params.min_score:
+            if score < min_score:
                 continue
             matches.append(Match(
                 reference_id=reference.reference_id, title=reference.title,
@@ -494,9 +514,11 @@ def _describe_video(frames: VideoFrames) -> _Described:
                       np.ones(len(times), dtype=bool), frames.duration_s)
 
 
-def _fuse(audio_matches: list[Match], video_matches: list[Match]) -> list[Match]:
+def _fuse(audio_matches: list[Match], video_matches: list[Match],
+          min_score: dict[str, float]) -> list[Match]:
     """Pair audio and video matches of one reference at one offset into ``audio+video``
-    matches: independent evidence, so the score is 1 - (1 - a)(1 - v); unpaired ones stay."""
+    matches: independent evidence, so the score is 1 - (1 - a)(1 - v). Each answer is then
+    reported if it reaches ``min_score`` of its modality (the stricter one for a pair)."""
     fused, used = [], set()
     for a in audio_matches:
         partner = next((i for i, v in enumerate(video_matches) if i not in used
@@ -514,7 +536,9 @@ def _fuse(audio_matches: list[Match], video_matches: list[Match]) -> list[Match]
             reference_start_s=min(a.reference_start_s, v.reference_start_s),
             reference_end_s=max(a.reference_end_s, v.reference_end_s)))
     fused += [v for i, v in enumerate(video_matches) if i not in used]
-    return sorted(fused, key=lambda m: -m.score)
+    fused_floor = max(min_score.values())
+    return sorted((m for m in fused if m.score >= min_score.get(m.modality, fused_floor)),
+                  key=lambda m: -m.score)
 
 
 def _offset(match: Match) -> float:

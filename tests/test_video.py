@@ -111,3 +111,20 @@ def test_crawler_sent_video_fingerprint_is_matched(reference: dict[str, Any],
     matches = client.match_fingerprint(video=query.video)["matches"]
     assert [(m["reference_id"], m["modality"]) for m in matches] == [
         (reference["reference_id"], "video")]
+
+
+def test_weak_answers_count_only_when_both_tracks_agree() -> None:
+    """Two answers below the reporting threshold, one per track, that name the same reference
+    at the same offset are reported together; alone, or disagreeing, they are not."""
+    from index.catalog import Match, _fuse
+
+    def weak(modality: str, reference_start_s: float, reference_id: str = "r1") -> Match:
+        return Match(reference_id, "t", "", modality, 0.35, 0.0, 10.0, reference_start_s,
+                     reference_start_s + 10.0, 1.0)
+
+    floors = {"audio": 0.5, "video": 0.5}
+    agreed = _fuse([weak("audio", 30.0)], [weak("video", 30.4)], floors)
+    assert [(m.modality, round(m.score, 4)) for m in agreed] == [("audio+video", 0.5775)]
+    assert _fuse([weak("audio", 30.0)], [], floors) == []
+    assert _fuse([weak("audio", 30.0)], [weak("video", 45.0)], floors) == []
+    assert _fuse([weak("audio", 30.0)], [weak("video", 30.0, "r2")], floors) == []
