@@ -79,7 +79,7 @@ def _draw(rng: np.random.Generator, split: str, sources: list[Video], length_s: 
 def _clip(split: str, role: str, video: Video, start: float, length: float,
           degradation: str) -> Clip:
     """A clip of a grid row, or of a fusion row (``picture+sound``)."""
-    picture, _, sound = degradation.partition("+")
+    picture, sound = FUSION_ROWS.get(degradation, (degradation, ""))
     digest = VIDEO_DEGRADATIONS[picture].digest + (DEGRADATIONS[sound].digest if sound else "")
     spec = VIDEO_DEGRADATIONS[picture]
     name = f"{video.key.replace(':', '__').rsplit('.', 1)[0]}@{start:08.3f}.mp4"
@@ -129,7 +129,7 @@ def _generate(job: tuple[Clip, str, str]) -> None:
     clip, background, font = job
     seed = int.from_bytes(hashlib.sha256(clip.path.encode()).digest()[:8], "little")
     rng = np.random.default_rng(seed)
-    picture, _, sound = clip.degradation.partition("+")
+    picture, sound = FUSION_ROWS.get(clip.degradation, (clip.degradation, ""))
     out = Path(clip.path)
     muted = out.with_name(out.stem + ".picture.mp4") if sound else out
     degrade_video(Path(clip.source), clip.reference_start_s, clip.length_s, picture, muted,
