@@ -78,14 +78,16 @@ def encode(path: Path, samples: np.ndarray, sample_rate: int = SAMPLE_RATE,
 
 
 def video_only(path: Path, frames: int = 12, size: tuple[int, int] = (64, 48),
-               codec: str = "mpeg4", pix_fmt: str = "yuv420p") -> Path:
+               codec: str = "mpeg4", pix_fmt: str = "yuv420p", rate: int = 12,
+               b_frames: int = 0) -> Path:
     """A short, valid video file with no audio track, of ``size`` (width, height)."""
     width, height = size
     with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=12)
+        stream = container.add_stream(codec, rate=rate)
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        stream.codec_context.max_b_frames = b_frames
         for i in range(frames):
-            image = np.full((height, width, 3), i * 20, dtype=np.uint8)
+            image = np.full((height, width, 3), i * 20 % 256, dtype=np.uint8)
             video_frame = av.VideoFrame.from_ndarray(image, format="rgb24")
             container.mux(stream.encode(video_frame))
         container.mux(stream.encode(None))

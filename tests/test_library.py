@@ -269,6 +269,16 @@ def test_pictures_beyond_8k_are_refused_before_decoding(tmp_path: Path) -> None:
         decode_media(huge)
 
 
+def test_low_frame_rate_video_with_b_frames_keeps_a_frame_per_tick(tmp_path: Path) -> None:
+    """B-frames are skipped to save decoding, unless the frames left come less often than
+    the 4 per second the fingerprint samples: then every frame is decoded again."""
+    low = video_only(tmp_path / "low.mp4", frames=36, rate=6, b_frames=2)
+    decoded = decode_media(low)
+    assert decoded.frame_times is not None
+    assert len(decoded.frame_times) >= 20  # 6 s at 4 per second, the first ones may be lost
+    assert np.diff(decoded.frame_times[4:]).max() <= 0.34  # every frame of a 6 fps source
+
+
 def test_media_longer_than_the_limit_is_refused() -> None:
     """The limit bounds the memory one decoding pass holds, whatever the upload's length."""
     intro = video_fixture("intro_excerpt")
