@@ -107,7 +107,7 @@ class Modality:
 
 
 AUDIO = Modality("audio", audio.FORMAT, audio.DIM, audio.REFERENCE_HOP_S, audio.WINDOW_S,
-                 "IDMap,PQ30x4fs", MatchParams())
+                 "IDMap,PQ60x4fs", MatchParams())
 """4-bit product-quantiser codes searched with FAISS's SIMD fast-scan kernels: 15 bytes per
 window plus the 8-byte id, and an order of magnitude faster than exact search."""
 
