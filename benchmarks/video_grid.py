@@ -80,8 +80,8 @@ def _clip(split: str, role: str, video: Video, start: float, length: float,
           degradation: str) -> Clip:
     """A clip of a grid row, or of a fusion row (``picture+sound``)."""
     picture, sound = FUSION_ROWS.get(degradation, (degradation, ""))
-    digest = VIDEO_DEGRADATIONS[picture].digest + (DEGRADATIONS[sound].digest if sound else "")
     spec = VIDEO_DEGRADATIONS[picture]
+    digest = spec.digest + (DEGRADATIONS[sound].digest if sound else "")
     name = f"{video.key.replace(':', '__').rsplit('.', 1)[0]}@{start:08.3f}.mp4"
     path = (CACHE / "video_clips" / split / role / f"{degradation}-{digest}"
             / f"{length:g}s" / name)
@@ -89,38 +89,38 @@ def _clip(split: str, role: str, video: Video, start: float, length: float,
                 spec.speed)
 
 
-def plan(split: str, quick: bool, videos: list[Video]) -> list[Clip]:
-    """Every clip of a run; the same (source, start) draws for every transformation."""
-    rng = np.random.default_rng(SEEDS[split])
-    degradations = QUICK_DEGRADATIONS if quick else tuple(VIDEO_DEGRADATIONS)
+def _plan(split: str, seed: int, videos: list[Video], lengths: tuple[float, ...],
+          rows: tuple[str, ...], negative_rows: tuple[str, ...], per_cell: int,
+          negatives_per_length: int) -> list[Clip]:
+    """Per length: ``per_cell`` (source, start) draws of the catalogue, each cut for every
+    row (a paired comparison), then negatives cycling through ``negative_rows``."""
+    rng = np.random.default_rng(seed)
     catalogue = [v for v in videos if v.role == "catalogue"]
     negatives = [v for v in videos if v.role == "non_catalogue"]
     clips = []
-    for length in LENGTHS_S:
-        for video, start in _draw(rng, split, catalogue, length, PER_CELL[quick]):
-            clips += [_clip(split, "catalogue", video, start, length, d) for d in degradations]
+    for length in lengths:
+        for video, start in _draw(rng, split, catalogue, length, per_cell):
+            clips += [_clip(split, "catalogue", video, start, length, row) for row in rows]
         for i, (video, start) in enumerate(_draw(rng, split, negatives, length,
-                                                 NEGATIVES_PER_LENGTH[quick])):
+                                                 negatives_per_length)):
             clips.append(_clip(split, "non_catalogue", video, start, length,
-                               NEGATIVE_DEGRADATIONS[i % len(NEGATIVE_DEGRADATIONS)]))
+                               negative_rows[i % len(negative_rows)]))
     return clips
+
+
+def plan(split: str, quick: bool, videos: list[Video]) -> list[Clip]:
+    """Every muted clip of a run; the same (source, start) draws for every transformation."""
+    return _plan(split, SEEDS[split], videos, LENGTHS_S,
+                 QUICK_DEGRADATIONS if quick else tuple(VIDEO_DEGRADATIONS),
+                 NEGATIVE_DEGRADATIONS, PER_CELL[quick], NEGATIVES_PER_LENGTH[quick])
 
 
 def plan_fusion(split: str, quick: bool, videos: list[Video]) -> list[Clip]:
     """Clips with sound for the fusion rows, drawn apart from ``plan``'s (own seed)."""
-    rng = np.random.default_rng(SEEDS[split] + 100)
-    catalogue = [v for v in videos if v.role == "catalogue" and v.has_audio]
-    negatives = [v for v in videos if v.role == "non_catalogue" and v.has_audio]
-    rows = list(FUSION_ROWS)
-    clips = []
-    for length in FUSION_LENGTHS_S:
-        for video, start in _draw(rng, split, catalogue, length, PER_CELL[quick]):
-            clips += [_clip(split, "catalogue", video, start, length, row) for row in rows]
-        for i, (video, start) in enumerate(_draw(rng, split, negatives, length,
-                                                 NEGATIVES_PER_LENGTH[quick] // 2)):
-            clips.append(_clip(split, "non_catalogue", video, start, length,
-                               rows[i % len(rows)]))
-    return clips
+    rows = tuple(FUSION_ROWS)
+    return _plan(split, SEEDS[split] + 100, [v for v in videos if v.has_audio],
+                 FUSION_LENGTHS_S, rows, rows, PER_CELL[quick],
+                 NEGATIVES_PER_LENGTH[quick] // 2)
 
 
 def _generate(job: tuple[Clip, str, str]) -> None:
