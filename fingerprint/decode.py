@@ -37,6 +37,12 @@ MAX_FRAME_PIXELS = 7680 * 4320
 """Largest picture decoded (8K): a claimed size beyond it is refused before FFmpeg allocates
 frames for it."""
 
+FAST_PROBE = {"probesize": "65536"}
+"""FFmpeg reads up to 5 MB to describe the streams by default, which for a clip in an
+uncompressed container (WAV) costs more than decoding it (measured 18 ms against 5 ms for
+10 s). Container headers say all that is needed within the first 64 kB; where they do not
+(a transport stream whose audio starts late), the file is probed again with the defaults."""
+
 MediaSource = str | os.PathLike[str] | bytes
 
 
@@ -142,12 +148,28 @@ def _open(source: MediaSource) -> av.container.InputContainer:
             raise MediaError(f"{path.name} is empty (0 bytes)")
         handle = str(path)
     try:
+        container = av.open(handle, mode="r", metadata_errors="ignore", options=FAST_PROBE)
+        if all(_described(stream) for stream in container.streams):
+            return container
+        container.close()  # the quick look missed a stream's parameters: look properly
+        if isinstance(handle, io.BytesIO):
+            handle.seek(0)
         return av.open(handle, mode="r", metadata_errors="ignore")
     except (av.error.FFmpegError, UnicodeDecodeError) as exc:
         raise MediaError(
             "not a media file FFmpeg can read (unknown or corrupt container); "
             "send audio or video such as mp3, ogg, opus, flac, wav, m4a, mp4, mkv or webm"
         ) from exc
+
+
+def _described(stream: av.stream.Stream) -> bool:
+    """Whether probing found what decoding needs: a rate and channels, or a picture size."""
+    context = stream.codec_context
+    if stream.type == "audio":
+        return bool(context.sample_rate and context.channels)
+    if stream.type == "video":
+        return bool(context.width and context.height)
+    return True
 
 
 def _picture_stream(container: av.container.InputContainer) -> av.VideoStream | None:

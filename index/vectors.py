@@ -1,4 +1,5 @@
-"""FAISS index over window descriptors, configured by a factory string.
+"""FAISS index over window descriptors, configured by a factory string and a search-parameter
+string (FAISS's ParameterSpace syntax, e.g. ``"nprobe=32"``).
 
 A vector's 64-bit id packs the reference's internal number and the window's slot on the
 reference hop grid, so a hit decodes to (reference, time) with no lookup, and a whole
@@ -75,11 +76,13 @@ class VectorIndex:
 
     def __init__(self, dim: int, factory: str,
                  index: faiss.Index | None = None, training: np.ndarray | None = None,
-                 trained_on: int = 0) -> None:
+                 trained_on: int = 0, search_params: str = "") -> None:
         self.dim = dim
         self.factory = factory
         self.trained_on = trained_on
         self._index = index if index is not None else new_index(dim, factory, training)
+        if search_params:
+            faiss.ParameterSpace().set_index_parameters(self._index, search_params)
         self._lock = ReadWriteLock()
 
     @property
@@ -115,8 +118,9 @@ class VectorIndex:
         tmp.replace(path)
 
     @classmethod
-    def load(cls, path: Path, dim: int, factory: str, trained_on: int) -> VectorIndex:
+    def load(cls, path: Path, dim: int, factory: str, trained_on: int,
+             search_params: str = "") -> VectorIndex:
         index = faiss.read_index(str(path))
         if index.d != dim:
             raise ValueError(f"{path} holds {index.d}-d vectors, expected {dim}")
-        return cls(dim, factory, index, trained_on=trained_on)
+        return cls(dim, factory, index, trained_on=trained_on, search_params=search_params)

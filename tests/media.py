@@ -94,6 +94,27 @@ def video_only(path: Path, frames: int = 12, size: tuple[int, int] = (64, 48),
     return path
 
 
+def audio_then_video(path: Path, size: tuple[int, int], video_start_s: float = 5.0) -> Path:
+    """An MPEG transport stream of 6 s of music whose single black picture, of ``size``,
+    comes only after the sound: a stream FFmpeg cannot describe from the file's start."""
+    width, height = size
+    samples = excerpt(load(fixture("battle")), 0.0, 6.0)
+    with av.open(str(path), "w") as container:
+        sound = container.add_stream("mp2", rate=SAMPLE_RATE, layout="mono")
+        sound.bit_rate = 160_000
+        picture = container.add_stream("mpeg2video", rate=1)
+        picture.width, picture.height, picture.pix_fmt = width, height, "yuv420p"
+        frame = av.AudioFrame.from_ndarray(samples[None, :], format="fltp", layout="mono")
+        frame.sample_rate = SAMPLE_RATE
+        for frame_in in (frame, None):
+            container.mux(sound.encode(frame_in))
+        image = av.VideoFrame.from_ndarray(np.zeros((height, width, 3), np.uint8), format="rgb24")
+        image.pts, image.time_base = round(video_start_s), Fraction(1, 1)
+        for image_in in (image, None):
+            container.mux(picture.encode(image_in))
+    return path
+
+
 @dataclass(frozen=True)
 class Clip:
     """A query cut from a fixture and degraded: ``start_s`` and ``duration_s`` are in the

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 
@@ -19,9 +20,11 @@ from fingerprint.audio import (
     descriptors,
 )
 from fingerprint.decode import SAMPLE_RATE, MediaError, decode_audio, decode_media
-from index.catalog import Catalog, DuplicateError, NotFoundError
+from index import catalog as catalog_module
+from index.catalog import AUDIO, Catalog, DuplicateError, NotFoundError
 from tests.media import (
     CATALOGUE,
+    audio_then_video,
     encode,
     excerpt,
     fixture,
@@ -214,6 +217,30 @@ def test_restart_delete_and_rebuild(tmp_path: Path) -> None:
     catalog.close()
 
 
+def test_trained_index_serves_with_its_search_parameters(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once the catalogue is big enough (lowered here to four fixtures) the audio index is
+    retrained as the configured inverted file, searched with its parameters after a restart
+    too, and still finds a sped-up clip."""
+    monkeypatch.setattr(catalog_module, "TRAIN_MIN_WINDOWS", 300)
+    query = _write(tmp_path, sped_up(excerpt(load(fixture("knolls")), 9.0, 8.0), 0.95))
+    data = tmp_path / "data"
+    catalog = Catalog(data)
+    for name in CATALOGUE:
+        catalog.register(fixture(name), title=name)
+    for reopen in (False, True):
+        if reopen:
+            catalog.close()
+            catalog = Catalog(data)
+        index = catalog._indexes["audio"].index
+        assert index.factory == AUDIO.factory
+        assert f"nprobe={faiss.extract_index_ivf(index._index).nprobe}" == AUDIO.search_params
+        matches = catalog.match_media(query)
+        assert matches and matches[0].title == "knolls"
+        assert abs(matches[0].speed - 0.95) < 0.01
+    catalog.close()
+
+
 def test_block_resampling_is_seamless() -> None:
     """Decoding resamples in blocks to bound memory; the joins must not show."""
     from scipy.signal import resample_poly
@@ -267,6 +294,17 @@ def test_pictures_beyond_8k_are_refused_before_decoding(tmp_path: Path) -> None:
                       pix_fmt="yuvj420p")
     with pytest.raises(MediaError, match="7696x4336, larger than the 8K"):
         decode_media(huge)
+
+
+def test_pictures_beyond_8k_are_refused_when_they_start_late(tmp_path: Path) -> None:
+    """Streams are described from the file's first 64 kB, which here hold only sound: the
+    picture's size must still be known, and refused, before FFmpeg decodes it."""
+    huge = audio_then_video(tmp_path / "huge.ts", size=(7696, 4336))
+    with pytest.raises(MediaError, match="7696x4336, larger than the 8K"):
+        decode_media(huge)
+    decoded = decode_media(audio_then_video(tmp_path / "small.ts", size=(320, 240)))
+    assert decoded.samples is not None and abs(decoded.samples.size / SAMPLE_RATE - 6.0) < 0.2
+    assert decoded.frames is not None and len(decoded.frames) == 1
 
 
 def test_low_frame_rate_video_with_b_frames_keeps_a_frame_per_tick(tmp_path: Path) -> None:
