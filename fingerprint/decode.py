@@ -41,7 +41,8 @@ FAST_PROBE = {"probesize": "65536"}
 """FFmpeg reads up to 5 MB to describe the streams by default, which for a clip in an
 uncompressed container (WAV) costs more than decoding it (measured 18 ms against 5 ms for
 10 s). Container headers say all that is needed within the first 64 kB; where they do not
-(a transport stream whose audio starts late), the file is probed again with the defaults."""
+(a transport stream whose picture starts late, a tracker module, an mp3 behind a large tag),
+the file is probed again with the defaults."""
 
 MediaSource = str | os.PathLike[str] | bytes
 
@@ -147,19 +148,22 @@ def _open(source: MediaSource) -> av.container.InputContainer:
         if path.stat().st_size == 0:
             raise MediaError(f"{path.name} is empty (0 bytes)")
         handle = str(path)
-    try:
-        container = av.open(handle, mode="r", metadata_errors="ignore", options=FAST_PROBE)
-        if all(_described(stream) for stream in container.streams):
-            return container
-        container.close()  # the quick look missed a stream's parameters: look properly
+    error: Exception | None = None
+    for options in (FAST_PROBE, {}):  # a quick look first; a proper one if it falls short
         if isinstance(handle, io.BytesIO):
             handle.seek(0)
-        return av.open(handle, mode="r", metadata_errors="ignore")
-    except (av.error.FFmpegError, UnicodeDecodeError) as exc:
-        raise MediaError(
-            "not a media file FFmpeg can read (unknown or corrupt container); "
-            "send audio or video such as mp3, ogg, opus, flac, wav, m4a, mp4, mkv or webm"
-        ) from exc
+        try:
+            container = av.open(handle, mode="r", metadata_errors="ignore", options=options)
+        except (av.error.FFmpegError, UnicodeDecodeError) as exc:
+            error = exc
+            continue
+        if options is not FAST_PROBE or all(_described(s) for s in container.streams):
+            return container
+        container.close()
+    raise MediaError(
+        "not a media file FFmpeg can read (unknown or corrupt container); "
+        "send audio or video such as mp3, ogg, opus, flac, wav, m4a, mp4, mkv or webm"
+    ) from error
 
 
 def _described(stream: av.stream.Stream) -> bool:

@@ -3,8 +3,10 @@
 Every query window's neighbours vote for a (reference, query transform, time offset)
 triple. A real match piles its votes on one offset (per transform: the reference time
 is offset + time_scale x query time); chance hits spread over all offsets. The strongest
-piles are read out as segments, each window used by at most one segment, so a clip that
-holds two references returns both.
+piles are read out as candidate segments. Votes only rank them: which of several piles over
+the same stretch of query is right (a looped passage of the true reference, a look-alike
+elsewhere) is settled after ``verify`` has rated each along its whole line, so a clip that
+holds two references still returns both.
 """
 
 from __future__ import annotations
@@ -49,7 +51,10 @@ def hit_weight(similarity: np.ndarray, floor: float) -> np.ndarray:
 
 def segments(hits: Hits, window_s: float, floor: float, min_evidence: float,
              evidence_cell_s: float = 1.0, max_segments: int = 8) -> list[Segment]:
-    """Group hits into segments, strongest first, until evidence drops below ``min_evidence``.
+    """Group hits into candidate segments, strongest first, until evidence drops below
+    ``min_evidence``. Candidates may cover the same stretch of query: when a loop of the
+    true passage was allowed to suppress the true offset (it often wins the vote), 10 % of
+    the dev clean 3 s clips got a wrong offset; 2 % do now.
 
     Overlapping windows share most of their audio, so a chance likeness repeats across many
     neighbouring windows; evidence therefore counts the best window per ``evidence_cell_s``
@@ -61,9 +66,8 @@ def segments(hits: Hits, window_s: float, floor: float, min_evidence: float,
         return []
     h = {name: getattr(hits, name)[keep] for name in Hits.__dataclass_fields__}
     weight = weight[keep]
-    # A window is one (transform, query time); a query time supports one segment only.
-    query_ms = np.round(h["query_time"] * 1000).astype(np.int64)
-    h["window"] = h["transform"] * (1 << 32) + query_ms
+    # A window is one (transform, query time): it votes once per pile.
+    h["window"] = h["transform"] * (1 << 32) + np.round(h["query_time"] * 1000).astype(np.int64)
     offset = h["reference_time"] - h["time_scale"] * h["query_time"]
     offset_bin = np.round(offset / OFFSET_BIN_S).astype(np.int64)
     available = np.ones(len(weight), dtype=bool)
@@ -77,20 +81,9 @@ def segments(hits: Hits, window_s: float, floor: float, min_evidence: float,
         segment = _segment(h, weight, support, window_s, evidence_cell_s)
         if segment.evidence < min_evidence:
             break
-        if not any(_repeats(segment, earlier) for earlier in found):
-            found.append(segment)
-        available &= ~np.isin(query_ms, np.unique(query_ms[support]))
+        found.append(segment)
+        available &= ~support
     return found
-
-
-def _repeats(segment: Segment, earlier: Segment) -> bool:
-    """A weaker segment of the same reference over the same stretch of query is a repeated
-    passage of the reference (music loops), not a second match."""
-    overlap = (min(segment.query_end_s, earlier.query_end_s)
-               - max(segment.query_start_s, earlier.query_start_s))
-    shorter = min(segment.query_end_s - segment.query_start_s,
-                  earlier.query_end_s - earlier.query_start_s)
-    return segment.reference == earlier.reference and overlap > 0.5 * shorter
 
 
 def _best_bin(h: dict[str, np.ndarray], offset_bin: np.ndarray, weight: np.ndarray,

@@ -83,9 +83,14 @@ class MatchParams:
         if not 0.0 <= self.min_score <= 1.0:
             raise ValueError(f"min_score must be in [0, 1], got {self.min_score}")
 
+    def margin(self, similarity: float, duration_s: float) -> float:
+        """How far the similarity clears the midpoint for a segment this long: the score
+        before the logistic, which ranks candidates where the score has saturated."""
+        return similarity - self.similarity_midpoint - self.short_penalty / max(duration_s, 0.5)
+
     def score(self, similarity: float, duration_s: float) -> float:
-        midpoint = self.similarity_midpoint + self.short_penalty / max(duration_s, 0.5)
-        return float(1.0 / (1.0 + np.exp(-(similarity - midpoint) / self.similarity_scale)))
+        margin = self.margin(similarity, duration_s)
+        return float(1.0 / (1.0 + np.exp(-margin / self.similarity_scale)))
 
 
 @dataclass(frozen=True)
@@ -110,15 +115,16 @@ class Modality:
 
 AUDIO = Modality("audio", audio.FORMAT, audio.DIM, audio.REFERENCE_HOP_S, audio.WINDOW_S,
                  "IDMap,IVF256,PQ60x4fs",
-                 MatchParams(similarity_floor=0.4, similarity_midpoint=0.45),
+                 MatchParams(similarity_floor=0.4, similarity_midpoint=0.47,
+                             short_penalty=0.85),
                  search_params="nprobe=32")
 """4-bit product-quantiser codes searched with FAISS's SIMD fast-scan kernels: 30 bytes per
 window plus the 8-byte id. The inverted file scans the 32 of 256 lists nearest each query
 window, an eighth of the codes: on the dev catalogue (83,000 windows) a 10 s clip's search
 took 12 ms against 36 ms for the flat fast-scan index, with the same matches found (within
 one clip in 40 per row, both ways). Unrelated music reaches lower similarity with both band
-ranges than with one, so votes start at 0.4 and the score midpoint is 0.45 (set on the dev
-clips: false matches 5 -> 3 of 315)."""
+ranges than with one, so votes start at 0.4. The score midpoint (0.47 + 0.85 / duration) is
+the dev clips' operating point for at most 1 % false matches (3 of 315)."""
 
 VIDEO_SPEEDS = (0.9, 0.95, 1.0, 1.05, 1.1)
 """Speed hypotheses for aligning video: frame descriptors do not change with speed, only the
@@ -445,7 +451,7 @@ class Catalog:
                                     params.similarity_floor, params.min_evidence)
         references = self._store.by_numbers(sorted({s.reference for s in candidates}))
         slots = self._indexes[modality.name].slots
-        matches = []
+        matches: list[tuple[float, Match]] = []
         for segment in candidates:
             reference = references.get(segment.reference)
             if reference is None:  # deleted while this query ran
@@ -460,18 +466,19 @@ class Catalog:
                                                    REFINE_SHIFT_S, *evidence)
             else:
                 similarity = align.verify(segment, *evidence)
-            score = params.score(similarity, segment.query_end_s - segment.query_start_s)
+            duration = segment.query_end_s - segment.query_start_s
+            score = params.score(similarity, duration)
             if score < min_score:
                 continue
-            matches.append(Match(
+            matches.append((params.margin(similarity, duration), Match(
                 reference_id=reference.reference_id, title=reference.title,
                 external_id=reference.external_id, modality=modality.name, score=score,
                 query_start_s=segment.query_start_s,
                 query_end_s=min(segment.query_end_s, described.duration_s),
                 reference_start_s=max(segment.reference_start_s, 0.0),
                 reference_end_s=min(segment.reference_end_s, reference.duration_s),
-                speed=segment.speed))
-        return matches
+                speed=segment.speed)))
+        return _exclusive(matches)
 
     def _fingerprints(self, number: int, reference_id: str, modality: str) -> Fingerprints:
         """Stored descriptors of a reference, cached: verification reads them per query."""
@@ -555,6 +562,23 @@ def _fuse(audio_matches: list[Match], video_matches: list[Match],
     fused_floor = max(min_score.values())
     return sorted((m for m in fused if m.score >= min_score.get(m.modality, fused_floor)),
                   key=lambda m: -m.score)
+
+
+def _exclusive(candidates: list[tuple[float, Match]]) -> list[Match]:
+    """Strongest first (by score margin), drop a match over the same stretch of query as a
+    stronger one: a looped passage of the same reference, or another reference."""
+    kept: list[Match] = []
+    for _, match in sorted(candidates, key=lambda pair: -pair[0]):
+        if not any(_overlap(match, stronger) > 0.5 for stronger in kept):
+            kept.append(match)
+    return kept
+
+
+def _overlap(a: Match, b: Match) -> float:
+    """Shared query time as a fraction of the shorter match."""
+    shared = min(a.query_end_s, b.query_end_s) - max(a.query_start_s, b.query_start_s)
+    shorter = min(a.query_end_s - a.query_start_s, b.query_end_s - b.query_start_s)
+    return shared / max(shorter, 1e-6)
 
 
 def _offset(match: Match) -> float:
