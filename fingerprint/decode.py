@@ -41,8 +41,8 @@ FAST_PROBE = {"probesize": "65536"}
 """FFmpeg reads up to 5 MB to describe the streams by default, which for a clip in an
 uncompressed container (WAV) costs more than decoding it (measured 18 ms against 5 ms for
 10 s). Container headers say all that is needed within the first 64 kB; where they do not
-(a transport stream whose picture starts late, a tracker module, an mp3 behind a large tag),
-the file is probed again with the defaults."""
+(a transport stream whose picture starts late) or the short look cannot even recognise the
+file, it is probed again with the defaults."""
 
 MediaSource = str | os.PathLike[str] | bytes
 
