@@ -209,7 +209,6 @@ class _ModalIndex:
 
     def __init__(self, modality: Modality, store: Store, index_dir: Path) -> None:
         self.modality = modality
-        self.factory = modality.factory
         self._store = store
         self._path = index_dir / f"{modality.name}.faiss"
         self.index = self._open()
@@ -217,8 +216,9 @@ class _ModalIndex:
     def _state(self, index: VectorIndex) -> dict:
         numbers = sorted(self._store.numbers())
         digest = hashlib.sha256(np.asarray(numbers, dtype=np.int64).tobytes()).hexdigest()
-        return {"target": self.factory, "factory": index.factory, "trained_on": index.trained_on,
-                "format": self.modality.format, "dim": self.modality.dim, "references": digest}
+        return {"target": self.modality.factory, "factory": index.factory,
+                "trained_on": index.trained_on, "format": self.modality.format,
+                "dim": self.modality.dim, "references": digest}
 
     def _open(self) -> VectorIndex:
         state_path = self._path.with_suffix(".json")
@@ -245,10 +245,10 @@ class _ModalIndex:
         stored = [(number, f) for number, f in stored if len(f.vectors)]
         total = sum(len(f.vectors) for _, f in stored)
         factory, training = EXACT_FACTORY, None
-        if not needs_training(self.factory, dim):
-            factory = self.factory
+        if not needs_training(self.modality.factory, dim):
+            factory = self.modality.factory
         elif total >= TRAIN_MIN_WINDOWS:
-            factory = self.factory
+            factory = self.modality.factory
             everything = np.concatenate([f.vectors for _, f in stored])
             training = everything[:: max(1, total // TRAIN_MAX_WINDOWS)]
         index = VectorIndex(dim, factory, training=training, trained_on=total,
@@ -261,16 +261,16 @@ class _ModalIndex:
 
     def _search_params(self, factory: str) -> str:
         """The modality's search parameters belong to its target index, not the exact one."""
-        return self.modality.search_params if factory == self.factory else ""
+        return self.modality.search_params if factory == self.modality.factory else ""
 
     def add(self, number: int, fingerprints: Fingerprints) -> None:
         """Add a reference; retrain once the catalogue is big enough, and again whenever it
         has quadrupled, so the quantiser always fits the catalogue it serves. Called under
         the catalogue's write lock."""
         self.index.add(number, fingerprints.vectors, self.slots(fingerprints.times))
-        if not needs_training(self.factory, self.modality.dim):
+        if not needs_training(self.modality.factory, self.modality.dim):
             return
-        untrained = self.index.factory != self.factory
+        untrained = self.index.factory != self.modality.factory
         if ((untrained and self.index.ntotal >= TRAIN_MIN_WINDOWS)
                 or (not untrained and self.index.ntotal >= 4 * self.index.trained_on)):
             self.index = self.rebuild()
