@@ -287,10 +287,7 @@ class _ModalIndex:
 class Catalog:
     """Register, list, delete and match references in one data directory. Thread-safe."""
 
-    def __init__(self, data_dir: str | Path, audio_index: tuple[str, str] | None = None,
-                 params: MatchParams | None = None) -> None:
-        """``audio_index`` (factory, search parameters) and ``params`` override the audio
-        index and its decision settings (for experiments); video keeps its own."""
+    def __init__(self, data_dir: str | Path) -> None:
         # One FAISS and one BLAS thread per call: concurrency comes from the callers' threads,
         # and pool threads spinning against them on a small, shared machine multiply
         # latency (measured: query descriptors 99 ms with OpenBLAS's 2 threads, 11 ms with 1).
@@ -299,12 +296,6 @@ class Catalog:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.modalities = {m.name: m for m in MODALITIES}
-        if params is not None:
-            self.modalities["audio"] = replace(self.modalities["audio"], params=params)
-        if audio_index is not None:
-            factory, search_params = audio_index
-            self.modalities["audio"] = replace(self.modalities["audio"], factory=factory,
-                                               search_params=search_params)
         self._store = Store(self.data_dir)
         self._refuse_other_formats()
         (self.data_dir / "index").mkdir(exist_ok=True)
