@@ -93,6 +93,7 @@ def fetch_package(package: str) -> Path:
     if root.is_dir():
         return root
     DEBS.mkdir(parents=True, exist_ok=True)
+    MEDIA.mkdir(parents=True, exist_ok=True)  # dpkg -x makes its target, not the parents
     debs = sorted(DEBS.glob(f"{package}_*.deb"))
     if not debs:
         print(f"apt-get download {package}", file=sys.stderr)

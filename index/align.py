@@ -14,8 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.ndimage import maximum_filter
 
 OFFSET_BIN_S = 0.25
+MIN_PEAKS = 10
+"""Fewer reference peaks than this along a line say nothing either way."""
 
 
 @dataclass(frozen=True)
@@ -154,6 +157,17 @@ def _segment(h: dict[str, np.ndarray], weight: np.ndarray, support: np.ndarray,
         reference_end_s=float(intercept + slope * q_end), speed=float(slope))
 
 
+def verify_span(segment: Segment, query_times: np.ndarray, min_span_s: float
+                ) -> tuple[float, float]:
+    """First and last query window start that verification looks at: the segment's, widened
+    to at least ``min_span_s`` (clipped by the query's own windows only through ``verify``'s
+    selection)."""
+    lo = segment.query_start_s
+    hi = float(query_times[query_times <= segment.query_end_s].max(initial=lo))
+    widen = max(0.0, min_span_s - (hi - lo)) / 2
+    return lo - widen, hi + widen
+
+
 def verify(segment: Segment, query_vectors: np.ndarray, query_times: np.ndarray,
            reference_vectors: np.ndarray, reference_slots: np.ndarray, hop_s: float,
            min_span_s: float) -> float:
@@ -166,10 +180,7 @@ def verify(segment: Segment, query_vectors: np.ndarray, query_times: np.ndarray,
     ``min_span_s`` of window starts (or the whole query), so that a short chance pile
     is judged against the audio around it too.
     """
-    lo = segment.query_start_s
-    hi = float(query_times[query_times <= segment.query_end_s].max(initial=lo))
-    widen = max(0.0, min_span_s - (hi - lo)) / 2
-    lo, hi = lo - widen, hi + widen
+    lo, hi = verify_span(segment, query_times, min_span_s)
     inside = (query_times >= lo - 1e-3) & (query_times <= hi + 1e-3)
     q_vectors, q_times = query_vectors[inside], query_times[inside]
     if len(q_times) == 0 or len(reference_slots) == 0:
@@ -217,3 +228,46 @@ def refine(segment: Segment, speeds: tuple[float, ...], shift_s: float,
             if similarity > best_similarity + 1e-6:
                 best, best_similarity = line, similarity
     return best, best_similarity
+
+
+def peak_map(frames: np.ndarray, bands: np.ndarray, shape: tuple[int, int],
+             tolerance: tuple[int, int]) -> np.ndarray:
+    """Boolean (frames x bands) map of the query's peaks, each grown by ``tolerance`` (frames,
+    bands) either way: a reference peak counts as found if it lands in a grown cell."""
+    found = np.zeros(shape, dtype=bool)
+    found[frames, bands] = True
+    dt, db = tolerance
+    return maximum_filter(found, size=(2 * dt + 1, 2 * db + 1), mode="constant")
+
+
+def peak_evidence(segment: Segment, reference_frames: np.ndarray, reference_bands: np.ndarray,
+                  query_map: np.ndarray, frame_rate_hz: float, band_shift: int,
+                  max_time_shift: int, max_band_shift: int) -> float:
+    """How far above chance the reference peaks given (frame and band indices) land on the
+    query's along the segment's line, as a z-score: the best over small time shifts (frames)
+    and band shifts around ``band_shift`` (the hypothesis' pitch change, in bands).
+
+    Chance is each band's share of found cells in the query map, summed over the reference
+    peaks tested; hits follow a binomial around it. Peaks are exact to a frame (32 ms) and a
+    third of a semitone, so a look-alike passage that shares the coarse shape of the music
+    still falls to chance here.
+    """
+    n_frames, n_bands = query_map.shape
+    if len(reference_frames) < MIN_PEAKS:
+        return 0.0
+    intercept = segment.reference_start_s - segment.speed * segment.query_start_s
+    frames = np.round((reference_frames / frame_rate_hz - intercept)
+                      / segment.speed * frame_rate_hz).astype(np.int64)
+    rows = frames[None, None, :] + np.arange(-max_time_shift, max_time_shift + 1)[:, None, None]
+    cols = (reference_bands[None, None, :] + band_shift
+            + np.arange(-max_band_shift, max_band_shift + 1)[None, :, None])
+    rows, cols = np.broadcast_arrays(rows, cols)
+    inside = (rows >= 0) & (rows < n_frames) & (cols >= 0) & (cols < n_bands)
+    hits = np.where(inside, query_map[np.clip(rows, 0, n_frames - 1),
+                                      np.clip(cols, 0, n_bands - 1)], False).sum(axis=2)
+    density = query_map.mean(axis=0)
+    expected = np.where(inside, density[np.clip(cols, 0, n_bands - 1)], 0.0).sum(axis=2)
+    tested = inside.sum(axis=2)
+    variance = np.maximum(expected * (1.0 - expected / np.maximum(tested, 1)), 1e-6)
+    z = np.where(tested >= MIN_PEAKS, (hits - expected) / np.sqrt(variance), 0.0)
+    return float(z.max())

@@ -49,10 +49,12 @@ class Reference:
 
 @dataclass(frozen=True)
 class Fingerprints:
-    """One reference's descriptors of one modality and their start times (s)."""
+    """One reference's descriptors of one modality and their start times (s), and for audio
+    its spectral peaks (``fingerprint.audio.peaks`` codes), which verification checks."""
 
     vectors: np.ndarray
     times: np.ndarray
+    peaks: np.ndarray | None = None
 
 
 class NotFoundError(KeyError):
@@ -118,6 +120,8 @@ class Store:
         for modality, fp in fingerprints.items():
             arrays[f"{modality}_vectors"] = fp.vectors.astype(np.float16)
             arrays[f"{modality}_times"] = fp.times.astype(np.float32)
+            if fp.peaks is not None:
+                arrays[f"{modality}_peaks"] = fp.peaks.astype(np.uint32)
         with open(tmp, "wb") as handle:
             np.savez(handle, **arrays)
             handle.flush()
@@ -203,8 +207,9 @@ class Store:
         with np.load(self.fingerprint_dir / f"{reference_id}.npz") as data:
             if f"{modality}_vectors" not in data:
                 return Fingerprints(np.zeros((0, 0), np.float32), np.zeros(0, np.float32))
+            peaks = data.get(f"{modality}_peaks")
             return Fingerprints(data[f"{modality}_vectors"].astype(np.float32),
-                                data[f"{modality}_times"])
+                                data[f"{modality}_times"], peaks)
 
 
 _COLUMNS = ("number, reference_id, title, external_id, metadata, duration_s, modalities,"
