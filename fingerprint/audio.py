@@ -300,3 +300,11 @@ def peaks_between(codes: np.ndarray, first_frame: float, last_frame: float
     lo = np.searchsorted(codes, max(int(np.ceil(first_frame)), 0) << _BAND_BITS)
     hi = np.searchsorted(codes, (max(int(np.floor(last_frame)), -1) + 1) << _BAND_BITS)
     return peak_frames_bands(codes[lo:hi])
+
+
+def peaks_by_band(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ``peaks`` codes' frames grouped by band: (frames, starts) where band b's frames are
+    ``frames[starts[b]:starts[b + 1]]``, ascending: what an offset search looks up."""
+    frames, bands = peak_frames_bands(codes)
+    order = np.lexsort((frames, bands))
+    return frames[order], np.searchsorted(bands[order], np.arange(N_BANDS + 1))

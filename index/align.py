@@ -271,3 +271,44 @@ def peak_evidence(segment: Segment, reference_frames: np.ndarray, reference_band
     variance = np.maximum(expected * (1.0 - expected / np.maximum(tested, 1)), 1e-6)
     z = np.where(tested >= MIN_PEAKS, (hits - expected) / np.sqrt(variance), 0.0)
     return float(z.max())
+
+
+def peak_offsets(query_frames: np.ndarray, query_bands: np.ndarray,
+                 reference_frames: np.ndarray, band_starts: np.ndarray, band_shift: int,
+                 time_scale: float, tolerance: tuple[int, int], count: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """The ``count`` alignments of one reference under one hypothesis on which most query
+    peaks fall on reference peaks, as (reference frame at query frame 0, peaks that
+    coincide), strongest first: Wang's offset histogram over single peaks, for the clips
+    whose window descriptors found no line (speech or noise at 0 dB drown them first).
+
+    ``reference_frames`` / ``band_starts`` hold the reference's peak frames by band
+    (``fingerprint.audio.peaks_by_band``); a query peak in band b meets the reference peaks
+    of band b - ``band_shift``, give or take ``tolerance`` (frames, bands).
+    """
+    dt, db = tolerance
+    n_bands = len(band_starts) - 1
+    pairs_q, pairs_r = [], []
+    for step in range(-db, db + 1):
+        band = query_bands - band_shift + step
+        ok = (band >= 0) & (band < n_bands)
+        first, last = band_starts[band[ok]], band_starts[band[ok] + 1]
+        counts = last - first
+        rows = np.repeat(first - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
+        pairs_r.append(reference_frames[rows])
+        pairs_q.append(np.repeat(query_frames[ok], counts))
+    offsets = np.round(np.concatenate(pairs_r) - time_scale * np.concatenate(pairs_q))
+    if offsets.size == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    low = int(offsets.min())
+    votes = np.convolve(np.bincount((offsets - low).astype(np.int64)),
+                        np.ones(2 * dt + 1, np.int64), mode="same")
+    best, hits = [], []
+    for _ in range(count):
+        at = int(np.argmax(votes))
+        if votes[at] == 0:
+            break
+        best.append(at + low)
+        hits.append(int(votes[at]))
+        votes[max(at - 2 * dt, 0):at + 2 * dt + 1] = 0  # the same alignment, a frame or two off
+    return np.asarray(best, np.int64), np.asarray(hits, np.int64)

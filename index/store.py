@@ -6,6 +6,7 @@ from them and can always be rebuilt (see ``index.vectors``).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sqlite3
@@ -16,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from fingerprint import audio
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS reference (
@@ -55,6 +58,11 @@ class Fingerprints:
     vectors: np.ndarray
     times: np.ndarray
     peaks: np.ndarray | None = None
+
+    @functools.cached_property
+    def peaks_by_band(self) -> tuple[np.ndarray, np.ndarray]:
+        """The peaks grouped by band, for offset search; computed once per cached copy."""
+        return audio.peaks_by_band(np.zeros(0, np.uint32) if self.peaks is None else self.peaks)
 
 
 class NotFoundError(KeyError):

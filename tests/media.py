@@ -57,6 +57,17 @@ def with_noise(samples: np.ndarray, snr_db: float, seed: int = 0) -> np.ndarray:
     return np.clip(samples + noise, -1.0, 1.0)
 
 
+def with_speech(samples: np.ndarray, snr_db: float, sample_rate: int = SAMPLE_RATE
+                ) -> np.ndarray:
+    """Lay the Czech speech fixture (looped to length) over ``samples``, ``snr_db`` below
+    them in power: commentary over a captured stream."""
+    speech = load(fixture("speech_not_in_catalogue"), sample_rate)
+    speech = np.resize(speech, samples.size)
+    speech *= np.sqrt(np.mean(samples**2) / 10 ** (snr_db / 10) / np.mean(speech**2))
+    mixed = samples + speech
+    return (mixed / max(1.0, float(np.abs(mixed).max()))).astype(np.float32)
+
+
 def encode(path: Path, samples: np.ndarray, sample_rate: int = SAMPLE_RATE,
            codec: str = "pcm_s16le", bit_rate: int | None = None, channels: int = 1) -> Path:
     """Write mono ``samples`` to ``path`` (container from its suffix) with ``codec``,
