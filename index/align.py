@@ -73,43 +73,43 @@ def segments(hits: Hits, window_s: float, floor: float, min_evidence: float,
     h["window"] = h["transform"] * (1 << 32) + np.round(h["query_time"] * 1000).astype(np.int64)
     offset = h["reference_time"] - h["time_scale"] * h["query_time"]
     offset_bin = np.round(offset / OFFSET_BIN_S).astype(np.int64)
-    available = np.ones(len(weight), dtype=bool)
+    key = _pack(h["reference"], h["transform"], offset_bin)
+    piles, total = _pile_totals(key, h["window"], weight)
+    available = np.ones(len(key), dtype=bool)
+    # Neighbouring offset bins of each pile (-1: none): a window may straddle two bins, so
+    # half of each neighbour's evidence counts too.
+    neighbours = []
+    for step in (-1, 1):
+        pos = np.minimum(np.searchsorted(piles, piles + step), len(piles) - 1)
+        neighbours.append(np.where(piles[pos] == piles + step, pos, -1))
     found: list[Segment] = []
-    while len(found) < max_segments and available.any():
-        best = _best_bin(h, offset_bin, weight, available)
-        if best is None:
-            break
-        support = (available & (h["reference"] == best[0]) & (h["transform"] == best[1])
-                   & (np.abs(offset_bin - best[2]) <= 1))
+    while len(found) < max_segments and total.max(initial=0.0) > 0:
+        smoothed = total.copy()
+        for pos in neighbours:
+            smoothed[pos >= 0] += 0.5 * total[pos[pos >= 0]]
+        best = int(np.argmax(smoothed))
+        centre = piles[best]
+        support = available & (np.abs(key - centre) <= 1)  # the pile and its neighbour bins
         segment = _segment(h, weight, support, window_s, evidence_cell_s)
         if segment.evidence < min_evidence:
             break
         found.append(segment)
+        # Those hits are used: the piles they formed are gone, the others keep their totals.
         available &= ~support
+        total[np.abs(piles - centre) <= 1] = 0.0
     return found
 
 
-def _best_bin(h: dict[str, np.ndarray], offset_bin: np.ndarray, weight: np.ndarray,
-              available: np.ndarray) -> tuple[int, int, int] | None:
-    """(reference, transform, offset bin) with the most evidence, neighbouring bins included."""
-    idx = np.flatnonzero(available)
-    if idx.size == 0:
-        return None
-    key = _pack(h["reference"][idx], h["transform"][idx], offset_bin[idx])
-    # One vote per window and key: the window's best neighbour at that offset.
-    order = np.lexsort((-weight[idx], h["window"][idx], key))
-    key, window, w = key[order], h["window"][idx][order], weight[idx][order]
+def _pile_totals(key: np.ndarray, window: np.ndarray, weight: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Evidence per (reference, transform, offset bin) key, sorted keys first: each window
+    votes once per key, with its best neighbour at that offset."""
+    order = np.lexsort((-weight, window, key))
+    key, window, w = key[order], window[order], weight[order]
     first = np.ones(len(key), dtype=bool)
     first[1:] = (key[1:] != key[:-1]) | (window[1:] != window[:-1])
-    uniq, inverse = np.unique(key[first], return_inverse=True)
-    total = np.bincount(inverse, weights=w[first])
-    # Add half of each neighbouring offset bin (a window may straddle two bins).
-    smoothed = total.copy()
-    for step in (-1, 1):
-        pos = np.searchsorted(uniq, uniq + step)
-        hit = (pos < len(uniq)) & (uniq[np.minimum(pos, len(uniq) - 1)] == uniq + step)
-        smoothed[hit] += 0.5 * total[pos[hit]]
-    return _unpack(int(uniq[int(np.argmax(smoothed))]))
+    piles, inverse = np.unique(key[first], return_inverse=True)
+    return piles, np.bincount(inverse, weights=w[first])
 
 
 _BIN_BITS = 24
@@ -120,12 +120,6 @@ def _pack(reference: np.ndarray, transform: np.ndarray, offset_bin: np.ndarray) 
     """One sortable int64 per (reference, transform, offset bin); adjacent bins differ by 1."""
     return (((reference.astype(np.int64) << _TRANSFORM_BITS) | transform) << _BIN_BITS) + (
         offset_bin + (1 << (_BIN_BITS - 1)))
-
-
-def _unpack(key: int) -> tuple[int, int, int]:
-    offset_bin = (key & ((1 << _BIN_BITS) - 1)) - (1 << (_BIN_BITS - 1))
-    rest = key >> _BIN_BITS
-    return rest >> _TRANSFORM_BITS, rest & ((1 << _TRANSFORM_BITS) - 1), offset_bin
 
 
 def _segment(h: dict[str, np.ndarray], weight: np.ndarray, support: np.ndarray,
@@ -275,34 +269,43 @@ def peak_evidence(segment: Segment, reference_frames: np.ndarray, reference_band
 
 def peak_offsets(query_frames: np.ndarray, query_bands: np.ndarray,
                  reference_frames: np.ndarray, band_starts: np.ndarray, band_shift: int,
-                 time_scale: float, tolerance: tuple[int, int], count: int
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """The ``count`` alignments of one reference under one hypothesis on which most query
-    peaks fall on reference peaks, as (reference frame at query frame 0, peaks that
-    coincide), strongest first: Wang's offset histogram over single peaks, for the clips
-    whose window descriptors found no line (speech or noise at 0 dB drown them first).
+                 time_scales: tuple[float, ...], tolerance: tuple[int, int], count: int
+                 ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per time scale, the ``count`` alignments of one reference on which most query peaks
+    fall on reference peaks, as (reference frame at query frame 0, peaks that coincide),
+    strongest first: Wang's offset histogram over single peaks, for the clips whose window
+    descriptors found no line (speech or noise at 0 dB drown them first).
 
     ``reference_frames`` / ``band_starts`` hold the reference's peak frames by band
     (``fingerprint.audio.peaks_by_band``); a query peak in band b meets the reference peaks
-    of band b - ``band_shift``, give or take ``tolerance`` (frames, bands).
+    of band b - ``band_shift``, give or take ``tolerance`` (frames, bands). The pairs that
+    meet are found once for all ``time_scales`` (hypotheses with this band shift).
     """
     dt, db = tolerance
     n_bands = len(band_starts) - 1
     pairs_q, pairs_r = [], []
     for step in range(-db, db + 1):
         band = query_bands - band_shift + step
-        ok = (band >= 0) & (band < n_bands)
+        ok = np.flatnonzero((band >= 0) & (band < n_bands))
         first, last = band_starts[band[ok]], band_starts[band[ok] + 1]
         counts = last - first
         rows = np.repeat(first - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
         pairs_r.append(reference_frames[rows])
-        pairs_q.append(np.repeat(query_frames[ok], counts))
-    offsets = np.round(np.concatenate(pairs_r) - time_scale * np.concatenate(pairs_q))
+        pairs_q.append(np.repeat(ok, counts))
+    reference, query = np.concatenate(pairs_r), np.concatenate(pairs_q)
+    return [_strongest_offsets(
+        reference - np.round(scale * query_frames).astype(np.int64)[query], dt, count)
+        for scale in time_scales]
+
+
+def _strongest_offsets(offsets: np.ndarray, tolerance: int, count: int
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """The ``count`` most voted offsets, votes summed within ``tolerance`` frames."""
     if offsets.size == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     low = int(offsets.min())
-    votes = np.convolve(np.bincount((offsets - low).astype(np.int64)),
-                        np.ones(2 * dt + 1, np.int64), mode="same")
+    votes = np.convolve(np.bincount(offsets - low), np.ones(2 * tolerance + 1, np.int64),
+                        mode="same")
     best, hits = [], []
     for _ in range(count):
         at = int(np.argmax(votes))
@@ -310,5 +313,5 @@ def peak_offsets(query_frames: np.ndarray, query_bands: np.ndarray,
             break
         best.append(at + low)
         hits.append(int(votes[at]))
-        votes[max(at - 2 * dt, 0):at + 2 * dt + 1] = 0  # the same alignment, a frame or two off
+        votes[max(at - 2 * tolerance, 0):at + 2 * tolerance + 1] = 0  # the same line, nudged
     return np.asarray(best, np.int64), np.asarray(hits, np.int64)

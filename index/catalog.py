@@ -510,17 +510,19 @@ class Catalog:
             if reference is None:
                 continue
             stored = self._fingerprints(int(number), reference.reference_id, "audio")
-            for h, (_, time_scale) in enumerate(described.hypotheses):
-                offsets, coincident = align.peak_offsets(
-                    *described.peaks, *stored.peaks_by_band, described.band_shifts[h],
-                    time_scale, PEAK_TOLERANCE, 1)
+            for shift in set(described.band_shifts):
+                which = [h for h, s in enumerate(described.band_shifts) if s == shift]
+                scales = tuple(described.hypotheses[h][1] for h in which)
+                lines = align.peak_offsets(*described.peaks, *stored.peaks_by_band, shift,
+                                           scales, PEAK_TOLERANCE, 1)
                 found += [align.Segment(
                     reference=int(number), transform=h, evidence=float(n), query_start_s=0.0,
                     query_end_s=described.duration_s,
                     reference_start_s=offset / audio.FRAME_RATE_HZ,
-                    reference_end_s=offset / audio.FRAME_RATE_HZ
-                    + time_scale * described.duration_s,
-                    speed=time_scale) for offset, n in zip(offsets, coincident, strict=True)]
+                    reference_end_s=offset / audio.FRAME_RATE_HZ + scale * described.duration_s,
+                    speed=scale)
+                    for h, scale, (offsets, coincident) in zip(which, scales, lines, strict=True)
+                    for offset, n in zip(offsets, coincident, strict=True)]
         return sorted(found, key=lambda s: -s.evidence)[:PEAK_CANDIDATES]
 
     def _verified(self, modality: Modality, described: _Described,

@@ -185,7 +185,7 @@ def test_peak_offsets_find_where_a_noisy_clip_starts() -> None:
     reference = peaks_by_band(peaks(_frames("knolls", 0, 30)))
     clip = excerpt(load(fixture("knolls"), SAMPLE_RATE), 12.0, 5.0, SAMPLE_RATE)
     (frames, bands), _ = _peak_query(with_noise(clip, 0.0))
-    offsets, hits = peak_offsets(frames, bands, *reference, 0, 1.0, PEAK_TOLERANCE, 20)
+    [(offsets, hits)] = peak_offsets(frames, bands, *reference, 0, (1.0,), PEAK_TOLERANCE, 20)
     assert abs(offsets[0] / FRAME_RATE_HZ - 12.0) <= 0.1
     # Sustained notes echo the true alignment a few frames either side; elsewhere is chance.
     elsewhere = np.abs(offsets / FRAME_RATE_HZ - 12.0) > 1.0
