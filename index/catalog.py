@@ -169,11 +169,13 @@ VIDEO = Modality("video", video.FORMAT, video.DIM, 1.0 / VIDEO_FRAME_RATE,
 
 MODALITIES = (AUDIO, VIDEO)
 
-PEAK_SEARCH_REFERENCES = 20
+PEAK_SEARCH_REFERENCES = 30
+PEAK_SEARCH_FLOOR = 0.3
 PEAK_CANDIDATES = 8
 PEAK_SEARCH_HANDICAP = 1.5
-"""A clip no line of votes explains is searched by its peaks in the 20 references most voted
-for, and the 8 strongest alignments found are verified. Such a line was chosen for its peaks
+"""A clip no line of votes explains is searched by its peaks in the 30 references most voted
+for (counting similarity from 0.3, below the vote floor: under speech the true windows barely
+clear it), and the 8 strongest alignments found are verified. Such a line was chosen for its peaks
 among some 10^6 offsets, so chance lifts its peak z-score more than that of a line the votes
 chose: its margin is lowered by 1.5 (on the dev negatives, the best peak-searched line beat
 the best voted line by 1.4)."""
@@ -497,9 +499,9 @@ class Catalog:
     def _peak_candidates(self, described: _Described, hits: align.Hits) -> list[align.Segment]:
         """Alignments found by spectral peaks alone (``align.peak_offsets``) in the references
         that the window descriptors voted for most, at any offset: under speech at 0 dB the
-        true reference is among the 20 most voted for 90 % of 5 s dev clips, but on a line
+        true reference is among the 30 most voted for 95 % of 5 s dev clips, but on a line
         the votes can see for only 78 %."""
-        weight = align.hit_weight(hits.similarity, AUDIO.params.similarity_floor)
+        weight = align.hit_weight(hits.similarity, PEAK_SEARCH_FLOOR)
         numbers, inverse = np.unique(hits.reference, return_inverse=True)
         totals = np.bincount(inverse, weights=weight, minlength=len(numbers))
         voted = numbers[np.argsort(-totals, kind="stable")[:PEAK_SEARCH_REFERENCES]]
