@@ -65,7 +65,7 @@ class MatchParams:
     more room for chance), ``midpoint + short_penalty / duration``, in units of
     ``similarity_scale``. With ``peak_midpoint`` set, the spectral-peak z-score of the
     alignment (``align.peak_evidence``) is the main evidence: the margin is then
-    ``(z - peak_midpoint) / peak_scale`` plus the similarity margin at ``dense_weight``.
+    ``z - peak_midpoint`` plus the similarity margin at ``dense_weight``.
     ``min_score``: below it a segment is not reported (the no-match operating point).
     """
 
@@ -77,7 +77,6 @@ class MatchParams:
     similarity_scale: float = 0.04
     short_penalty: float = 0.75
     peak_midpoint: float | None = None
-    peak_scale: float = 1.0
     dense_weight: float = 1.0
     min_score: float = 0.5
 
@@ -86,9 +85,8 @@ class MatchParams:
             raise ValueError(f"neighbours must be in 1..1024, got {self.neighbours}")
         if not -1.0 <= self.similarity_floor < 1.0:
             raise ValueError(f"similarity_floor must be in [-1, 1), got {self.similarity_floor}")
-        if self.similarity_scale <= 0 or self.peak_scale <= 0:
-            raise ValueError("similarity_scale and peak_scale must be > 0, got "
-                             f"{self.similarity_scale} and {self.peak_scale}")
+        if self.similarity_scale <= 0:
+            raise ValueError(f"similarity_scale must be > 0, got {self.similarity_scale}")
         if self.max_candidates < 1:
             raise ValueError(f"max_candidates must be >= 1, got {self.max_candidates}")
         if not 0.0 <= self.min_score <= 1.0:
@@ -101,7 +99,7 @@ class MatchParams:
                  - self.short_penalty / max(duration_s, 0.5)) / self.similarity_scale
         if self.peak_midpoint is None:
             return dense
-        return self.dense_weight * dense + (peak_z - self.peak_midpoint) / self.peak_scale
+        return self.dense_weight * dense + peak_z - self.peak_midpoint
 
     @staticmethod
     def score(margin: float) -> float:
@@ -149,6 +147,7 @@ AUDIO = Modality("audio", f"{audio.FORMAT}+{audio.PEAKS_FORMAT}", audio.DIM,
 """Up to 32 candidate alignments per clip are verified, down to little evidence: with the peak
 check deciding, more candidates cost little accuracy and find the true line under speech at
 0 dB for 80 % of 3 s dev clips instead of 35 %.
+
 4-bit product-quantiser codes searched with FAISS's SIMD fast-scan kernels: 30 bytes per
 window plus the 8-byte id. The inverted file scans the 32 of 256 lists nearest each query
 window, an eighth of the codes: on the dev catalogue (83,000 windows) a 10 s clip's search
