@@ -7,6 +7,10 @@ piles are read out as candidate segments. Votes only rank them: which of several
 the same stretch of query is right (a looped passage of the true reference, a look-alike
 elsewhere) is settled after ``verify`` has rated each along its whole line, so a clip that
 holds two references still returns both.
+
+For audio, ``peak_evidence`` rates a line by its spectral peaks too, and ``peak_offsets``
+finds lines from peaks alone (Wang's offset histogram) in references the votes point to
+when no voted line holds up.
 """
 
 from __future__ import annotations
