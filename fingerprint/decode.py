@@ -29,6 +29,9 @@ VIDEO_WIDTH = 128
 """Kept frames are scaled to this many grey pixels across (aspect kept): enough to find black
 borders and an inset picture; the fingerprint itself uses 32 x 32."""
 MAX_VIDEO_HEIGHT = 4 * VIDEO_WIDTH
+HOLD_MAX_S = 2.0
+"""Ticks a source skips get its previous frame, unless it stayed this long (a gap, not a
+picture held on screen)."""
 
 MAX_DURATION_S = 4 * 3600.0
 """Longest media decoded: what a pass holds before fingerprinting (about 250 MB per hour of
@@ -204,7 +207,13 @@ class _FrameSampler:
     Decoding dominates the cost of video, so frames no other frame refers to (most B-frames)
     are not decoded at all: that halves the work on typical H.264, and the frames left still
     come several times per tick. A source whose remaining frames come further apart than a
-    tick gets every frame decoded from then on."""
+    tick gets every frame decoded from then on.
+
+    A source may still show a picture for longer than a tick: a low or variable frame rate,
+    or AVI's empty chunks that repeat the previous frame (a camera's static shots). Each
+    tick it skips gets the picture on screen then, the previous frame, for up to
+    ``HOLD_MAX_S``: a reference with holes in its tick grid would be rated by how many query
+    frames fall into them rather than by what they show."""
 
     def __init__(self, stream: av.VideoStream) -> None:
         self.codec = stream.codec_context
@@ -229,6 +238,12 @@ class _FrameSampler:
         self.previous = time
         if time + 1e-6 < self.next_time or frame.width < 2 or frame.height < 2:
             return
+        if self.frames and time - self.times[-1] <= HOLD_MAX_S:
+            # The ticks nearest to neither frame (frames are found by their nearest tick).
+            held = np.arange(round(self.times[-1] * VIDEO_FRAME_RATE) + 1,
+                             round(time * VIDEO_FRAME_RATE)) / VIDEO_FRAME_RATE
+            self.frames += [self.frames[-1]] * len(held)
+            self.times += held.tolist()
         height = round(VIDEO_WIDTH * frame.height / (frame.width * self.aspect) / 2) * 2
         height = min(max(height, 8), MAX_VIDEO_HEIGHT)
         grey = _grey(frame, VIDEO_WIDTH, height)

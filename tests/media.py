@@ -89,7 +89,7 @@ def encode(path: Path, samples: np.ndarray, sample_rate: int = SAMPLE_RATE,
 
 
 def video_only(path: Path, frames: int = 12, size: tuple[int, int] = (64, 48),
-               codec: str = "mpeg4", pix_fmt: str = "yuv420p", rate: int = 12,
+               codec: str = "mpeg4", pix_fmt: str = "yuv420p", rate: int | Fraction = 12,
                b_frames: int = 0) -> Path:
     """A short, valid video file with no audio track, of ``size`` (width, height)."""
     width, height = size

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from fractions import Fraction
 from pathlib import Path
 
 import faiss
@@ -392,6 +393,20 @@ def test_low_frame_rate_video_with_b_frames_keeps_a_frame_per_tick(tmp_path: Pat
     assert decoded.frame_times is not None
     assert len(decoded.frame_times) >= 20  # 6 s at 4 per second, the first ones may be lost
     assert np.diff(decoded.frame_times[4:]).max() <= 0.34  # every frame of a 6 fps source
+
+
+def test_a_picture_held_longer_than_a_tick_fills_every_tick(tmp_path: Path) -> None:
+    """Frames 0.5 s apart (a low or variable frame rate, AVI's repeated frames) are held over
+    the ticks between them, so the reference has no holes for query frames to fall into;
+    frames 3 s apart are a gap, not a held picture."""
+    held = decode_media(video_only(tmp_path / "two_fps.mp4", frames=8, rate=2))
+    assert held.frame_times is not None and held.frames is not None
+    assert np.array_equal(np.round(held.frame_times * 4), np.arange(len(held.frame_times)))
+    assert np.array_equal(held.frames[1], held.frames[0])  # the first picture, held
+    assert not np.array_equal(held.frames[2], held.frames[1])
+    sparse = decode_media(video_only(tmp_path / "sparse.mp4", frames=4, rate=Fraction(1, 3)))
+    assert sparse.frame_times is not None
+    assert np.allclose(sparse.frame_times, [0.0, 3.0, 6.0, 9.0])
 
 
 def test_media_longer_than_the_limit_is_refused() -> None:
