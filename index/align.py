@@ -228,6 +228,76 @@ def refine(segment: Segment, speeds: tuple[float, ...], shift_s: float,
     return best, best_similarity
 
 
+def detail(vectors: np.ndarray, slots: np.ndarray, half_width: int
+           ) -> tuple[np.ndarray, int]:
+    """Descriptors laid on a regular grid of slots (the first one of a slot that holds several
+    views), each less the mean of the ``2 half_width + 1`` around it: what changes from frame
+    to frame. Rows whose window is not all present (the ends, gaps) are zero: a truncated
+    window would leave the trend of a slow zoom in them, and the ends of a clip would then
+    correlate with the start of every reference.
+
+    A held or slowly moving shot looks the same to the descriptors for seconds, so every line
+    through it rates alike; the small changes between its frames (leaves in the wind, a
+    flicker of light) are what places a clip inside it. Returns (grid, slot of its first row).
+    """
+    if half_width < 1:
+        raise ValueError(f"half_width must be at least 1, got {half_width}")
+    if len(slots) == 0:
+        return np.zeros((0, vectors.shape[1]), np.float32), 0
+    first_of_slot, row = np.unique(slots, return_index=True)
+    start = int(first_of_slot[0])
+    grid = np.zeros((int(first_of_slot[-1]) - start + 1, vectors.shape[1]), np.float64)
+    present = np.zeros(len(grid))
+    grid[first_of_slot - start] = vectors[row]
+    present[first_of_slot - start] = 1.0
+    kernel = np.ones(2 * half_width + 1)
+    count = np.convolve(present, kernel, mode="same")
+    sums = np.apply_along_axis(np.convolve, 0, grid, kernel, mode="same")
+    grid -= sums / len(kernel)
+    grid[count < len(kernel) - 1e-6] = 0.0
+    return grid.astype(np.float32), start
+
+
+def localise(segment: Segment, speeds: tuple[float, ...], query_detail: tuple[np.ndarray, int],
+             reference_detail: tuple[np.ndarray, int], hop_s: float, range_s: float
+             ) -> tuple[Segment, float]:
+    """The line, over the segment's speed and ``speeds`` and shifts of its start by up to
+    ``range_s``, along which the query's frame-to-frame detail (``detail`` of its frames)
+    correlates best with the reference's, and how far that correlation stands out: a z-score
+    against the correlations of the same speed more than a second away (0 when there is
+    nothing to correlate). Both grids are in slots of ``hop_s``."""
+    (query, query_first), (reference, reference_first) = query_detail, reference_detail
+    best, best_correlation, best_z = segment, 0.0, 0.0
+    if len(query) == 0 or len(reference) == 0:
+        return best, best_z
+    query_s = (query_first + np.arange(len(query))) * hop_s - segment.query_start_s
+    reach = round(range_s / hop_s)
+    shifts = np.arange(-reach, reach + 1)
+    query_energy = float(np.einsum("jd,jd->", query, query))
+    for speed in (segment.speed, *speeds):
+        on_line = np.round((segment.reference_start_s + query_s * speed) / hop_s
+                           ).astype(np.int64) - reference_first
+        rows = on_line[None, :] + shifts[:, None]
+        inside = (rows >= 0) & (rows < len(reference))
+        gathered = np.where(inside[..., None],
+                            reference[np.clip(rows, 0, len(reference) - 1)], 0.0)
+        numerator = np.einsum("sjd,jd->s", gathered, query)
+        denominator = np.sqrt(np.einsum("sjd,sjd->s", gathered, gathered) * query_energy)
+        correlation = np.where(denominator > 0, numerator / np.maximum(denominator, 1e-12), 0.0)
+        top = int(np.argmax(correlation))
+        far = correlation[np.abs(shifts - shifts[top]) * hop_s > 1.0]
+        if correlation[top] <= best_correlation + 1e-6 or len(far) < 2 or np.std(far) == 0:
+            continue
+        start = segment.reference_start_s + shifts[top] * hop_s
+        best_correlation = float(correlation[top])
+        best_z = float((best_correlation - np.mean(far)) / np.std(far))
+        best = Segment(segment.reference, segment.transform, segment.evidence,
+                       segment.query_start_s, segment.query_end_s, start,
+                       start + (segment.query_end_s - segment.query_start_s) * speed,
+                       float(speed))
+    return best, best_z
+
+
 def peak_map(frames: np.ndarray, bands: np.ndarray, shape: tuple[int, int],
              tolerance: tuple[int, int]) -> np.ndarray:
     """Boolean (frames x bands) map of the query's peaks, each grown by ``tolerance`` (frames,

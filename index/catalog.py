@@ -193,6 +193,17 @@ LONG_QUERY_S = 6.0
 REFINE_SHIFT_S = 1.0
 """How far refinement moves a video segment's middle: votes place it within a second."""
 
+LOCALISE_RANGE_S = 30.0
+DETAIL_HALF_WIDTH = 5
+DETAIL_MIN_Z = 6.0
+DETAIL_SIMILARITY_SLACK = 0.01
+"""A refined video line is moved by up to 30 s to where the frame-to-frame detail of the clip
+(each descriptor less the mean of those within 5 frames, see ``align.detail``) correlates
+best with the reference's, if that peak stands 6 standard deviations above the correlations
+away from it and the descriptors rate the moved line within 0.01 of the refined one: in a
+held shot every line rates alike (0.99 along 30 s of a tree in the wind), and only its small
+changes tell the instants apart."""
+
 VERIFY_SPAN_S = 6.0
 """A candidate is verified over at least this much of the query (window starts)."""
 
@@ -547,6 +558,8 @@ class Catalog:
             if modality.refine_speeds:
                 segment, similarity = align.refine(segment, modality.refine_speeds,
                                                    REFINE_SHIFT_S, *evidence)
+                segment, similarity = _localised(segment, similarity, modality.refine_speeds,
+                                                 evidence)
             else:
                 similarity = align.verify(segment, *evidence)
             duration = segment.query_end_s - segment.query_start_s
@@ -626,6 +639,28 @@ def _describe_video(frames: VideoFrames) -> _Described:
     return _Described(vectors, times, group,
                       [(g, s) for g in range(len(regions)) for s in VIDEO_SPEEDS],
                       np.ones(len(times), dtype=bool), frames.duration_s)
+
+
+def _localised(segment: align.Segment, similarity: float, speeds: tuple[float, ...],
+               evidence: tuple) -> tuple[align.Segment, float]:
+    """The segment moved within its held shot by ``align.localise``, when the detail of the
+    frames places it clearly and the descriptors rate the moved line as well."""
+    query_vectors, query_times, reference_vectors, reference_slots, hop_s, _ = evidence
+    span_s = max(segment.speed, *speeds) * (segment.query_end_s + hop_s)
+    reach = round((LOCALISE_RANGE_S + span_s) / hop_s) + DETAIL_HALF_WIDTH
+    centre = round(segment.reference_start_s / hop_s)
+    near = np.abs(reference_slots - centre) <= reach
+    query_slots = np.round(query_times / hop_s).astype(np.int64)
+    moved, z = align.localise(
+        segment, speeds, align.detail(query_vectors, query_slots, DETAIL_HALF_WIDTH),
+        align.detail(reference_vectors[near], reference_slots[near], DETAIL_HALF_WIDTH),
+        hop_s, LOCALISE_RANGE_S)
+    if z < DETAIL_MIN_Z or moved == segment:
+        return segment, similarity
+    moved_similarity = align.verify(moved, *evidence)
+    if moved_similarity < similarity - DETAIL_SIMILARITY_SLACK:
+        return segment, similarity
+    return moved, moved_similarity
 
 
 def _peak_z(segment: align.Segment, reference_peaks: np.ndarray, described: _Described

@@ -28,6 +28,12 @@ def reference(server: ServerProcess) -> dict[str, Any]:
         return client.register(video_fixture(REFERENCE))
 
 
+@pytest.fixture(scope="module")
+def held_shot(server: ServerProcess) -> dict[str, Any]:
+    with ClipmatchClient(server.target) as client:
+        return client.register(video_fixture("held_shot_tree"))
+
+
 def smaller_and_brighter(image: np.ndarray) -> np.ndarray:
     """Downscaled to half size and gamma-brightened, as a low-quality re-upload is."""
     height, width = image.shape[:2]
@@ -94,6 +100,22 @@ def test_audio_and_video_agreeing_score_higher_than_either(reference: dict[str, 
     fused = both["matches"][0]
     assert fused["modality"] == "audio+video"
     assert fused["score"] > max(muted["matches"][0]["score"], blind["matches"][0]["score"])
+
+
+@pytest.mark.parametrize("start_s", [4.5, 12.0, 19.0])
+def test_clip_of_a_held_shot_is_placed_at_its_own_instant(held_shot: dict[str, Any],
+                                                          client: ClipmatchClient,
+                                                          tmp_path: Path, start_s: float) -> None:
+    """30 s of one tree in the wind: every instant looks alike to the frame descriptors,
+    so only the small changes between frames can say where a subtitled clip of it sits
+    (checked at the middle of the match, which a small error in speed does not move)."""
+    clip = video_clip(video_fixture("held_shot_tree"), tmp_path / "held.mp4", start_s, 8.0,
+                      letterboxed_with_subtitles, sound=False)
+    match = client.match(clip)["matches"][0]
+    assert match["reference_id"] == held_shot["reference_id"]
+    middle_s = (match["query_start_s"] + match["query_end_s"]) / 2
+    placed_s = match["reference_start_s"] + (middle_s - match["query_start_s"]) * match["speed"]
+    assert placed_s == pytest.approx(start_s + middle_s, abs=0.5)
 
 
 def test_footage_not_in_the_catalogue_matches_nothing(reference: dict[str, Any],
