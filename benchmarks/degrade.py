@@ -76,6 +76,7 @@ DEGRADATIONS: dict[str, Degradation] = {
     "noise_0db": Degradation(noise_snr_db=0.0),
     "speech_0db": Degradation(speech_snr_db=0.0),
     "speech_-5db": Degradation(speech_snr_db=-5.0),
+    "speech_-10db": Degradation(speech_snr_db=-10.0),
     "telephone": Degradation(
         filters="highpass=f=300,highpass=f=300,lowpass=f=3400,lowpass=f=3400",
         encode=("-c:a", "pcm_s16le", "-ar", "8000")),

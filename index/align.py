@@ -250,11 +250,16 @@ def detail(vectors: np.ndarray, slots: np.ndarray, half_width: int
     present = np.zeros(len(grid))
     grid[first_of_slot - start] = vectors[row]
     present[first_of_slot - start] = 1.0
-    kernel = np.ones(2 * half_width + 1)
-    count = np.convolve(present, kernel, mode="same")
-    sums = np.apply_along_axis(np.convolve, 0, grid, kernel, mode="same")
-    grid -= sums / len(kernel)
-    grid[count < len(kernel) - 1e-6] = 0.0
+    width = 2 * half_width + 1
+    full = np.zeros(len(grid), dtype=bool)
+    if len(grid) >= width:
+        padded = np.vstack([np.zeros((1, grid.shape[1])), np.cumsum(grid, axis=0)])
+        counts = np.concatenate([[0.0], np.cumsum(present)])
+        sums = padded[width:] - padded[:-width]  # window sums, centred on rows hw .. n-hw-1
+        middle = slice(half_width, len(grid) - half_width)
+        full[middle] = counts[width:] - counts[:-width] == width
+        grid[middle] -= sums / width
+    grid[~full] = 0.0
     return grid.astype(np.float32), start
 
 
@@ -273,16 +278,18 @@ def localise(segment: Segment, speeds: tuple[float, ...], query_detail: tuple[np
     query_s = (query_first + np.arange(len(query))) * hop_s - segment.query_start_s
     reach = round(range_s / hop_s)
     shifts = np.arange(-reach, reach + 1)
+    products = query @ reference.T  # every query row against every reference row, once
+    energy = np.einsum("jd,jd->j", reference, reference)
     query_energy = float(np.einsum("jd,jd->", query, query))
+    columns = np.arange(len(query))[None, :]
     for speed in (segment.speed, *speeds):
         on_line = np.round((segment.reference_start_s + query_s * speed) / hop_s
                            ).astype(np.int64) - reference_first
         rows = on_line[None, :] + shifts[:, None]
         inside = (rows >= 0) & (rows < len(reference))
-        gathered = np.where(inside[..., None],
-                            reference[np.clip(rows, 0, len(reference) - 1)], 0.0)
-        numerator = np.einsum("sjd,jd->s", gathered, query)
-        denominator = np.sqrt(np.einsum("sjd,sjd->s", gathered, gathered) * query_energy)
+        rows = np.clip(rows, 0, len(reference) - 1)
+        numerator = np.where(inside, products[columns, rows], 0.0).sum(axis=1)
+        denominator = np.sqrt(np.where(inside, energy[rows], 0.0).sum(axis=1) * query_energy)
         correlation = np.where(denominator > 0, numerator / np.maximum(denominator, 1e-12), 0.0)
         top = int(np.argmax(correlation))
         far = correlation[np.abs(shifts - shifts[top]) * hop_s > 1.0]
