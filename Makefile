@@ -6,6 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.clipmatch-installed
+BENCH_INSTALLED := $(VENV)/.clipmatch-bench-installed
 PROTO := protos/clipmatch/v1/clipmatch.proto
 GENERATED := clipmatch/v1/clipmatch_pb2.py
 PACKAGE_INITS := clipmatch/__init__.py clipmatch/v1/__init__.py
@@ -13,8 +14,11 @@ PACKAGE_INITS := clipmatch/__init__.py clipmatch/v1/__init__.py
 DATA_DIR ?= ./data
 LISTEN ?= 127.0.0.1:50051
 PYTEST_ARGS ?=
+# Source checkouts of the two anchors no registry ships (see BENCHMARKS.md).
+AUDFPRINT ?= ../audfprint
+OLAF ?= ../Olaf
 
-.PHONY: serve test lint proto bench bench-quick clean
+.PHONY: serve test lint proto bench bench-quick bench-anchors bench-anchors-quick clean
 
 serve: $(INSTALLED) $(GENERATED)
 	$(VENV)/bin/clipmatch serve --data-dir $(DATA_DIR) --listen $(LISTEN)
@@ -27,17 +31,25 @@ lint: $(INSTALLED) $(GENERATED)
 
 proto: $(GENERATED)
 
-bench: $(INSTALLED) $(GENERATED)
+bench: $(BENCH_INSTALLED) $(GENERATED)
 	bash benchmarks/setup.sh
 	$(PY) -m benchmarks.audio_grid --write-md
 	$(PY) -m benchmarks.video_corpus
 	$(PY) -m benchmarks.video_grid --write-md
 
-bench-quick: $(INSTALLED) $(GENERATED)
+bench-quick: $(BENCH_INSTALLED) $(GENERATED)
 	bash benchmarks/setup.sh
 	$(PY) -m benchmarks.audio_grid --quick
 	$(PY) -m benchmarks.video_corpus
 	$(PY) -m benchmarks.video_grid --quick
+
+bench-anchors: $(BENCH_INSTALLED) $(GENERATED)
+	bash benchmarks/setup.sh
+	$(PY) -m benchmarks.anchor_grid --audfprint $(AUDFPRINT) --olaf $(OLAF) --write-md
+
+bench-anchors-quick: $(BENCH_INSTALLED) $(GENERATED)
+	bash benchmarks/setup.sh
+	$(PY) -m benchmarks.anchor_grid --quick --audfprint $(AUDFPRINT) --olaf $(OLAF)
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -51,8 +63,12 @@ $(INSTALLED): pyproject.toml $(PACKAGE_INITS) | $(PY)
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
+$(BENCH_INSTALLED): $(INSTALLED)
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	touch $@
+
 $(GENERATED): $(PROTO) $(INSTALLED)
 	$(PY) -m grpc_tools.protoc -Iprotos --python_out=. --grpc_python_out=. --pyi_out=. $(PROTO)
 
 clean:
-	rm -rf clipmatch .pytest_cache .ruff_cache *.egg-info $(INSTALLED)
+	rm -rf clipmatch .pytest_cache .ruff_cache *.egg-info $(INSTALLED) $(BENCH_INSTALLED)

@@ -460,6 +460,9 @@ def write_benchmarks_md() -> None:
         "- `make bench` — full audio and video grids on the `eval` split (published numbers;",
         "  never tuned on).",
         "- `make bench-quick` — a few minutes each: smaller catalogue or fewer clips and rows.",
+        "- `make bench-anchors AUDFPRINT=<checkout> OLAF=<checkout>` — clipmatch, Chromaprint,",
+        "  audfprint and Olaf on the audio grid's eval clips, side by side (`bench-anchors-quick`:",
+        "  the quick clips, a few minutes).",
         "- `.venv/bin/python -m benchmarks.audio_grid --split dev [--quick]` (and the same for",
         "  `benchmarks.video_grid`) — the split to tune on; clips land in `.cache/benchmarks/`.",
         "- `.venv/bin/python -m benchmarks.corpus` / `benchmarks.video_corpus` rebuild",
@@ -474,6 +477,13 @@ def write_benchmarks_md() -> None:
     if video.exists():
         results = json.loads(video.read_text())
         lines += ["## Video", "", "### This run", "", *run_notes(results), render(results)]
+    anchors = RESULTS / "anchors_eval.json"
+    if anchors.exists():
+        from benchmarks import anchor_grid
+
+        results = json.loads(anchors.read_text())
+        lines += ["## Audio against the anchors", "", "### This run", "", *run_notes(results),
+                  anchor_grid.render(results, relative_to_results=False)]
     BENCHMARKS_MD.write_text("\n".join(lines))
 
 

@@ -1,0 +1,329 @@
+"""Audio anchors side by side: clipmatch, Chromaprint, audfprint and Olaf on the same clips.
+
+Every system ingests the same catalogue tracks and answers the same clips as the audio grid
+(``benchmarks.clips.plan``, same split and mode), in one run on one machine; each answer is
+scored by ``audio_grid.judge``, the grid's own rule. Each system runs in a process of its own,
+so its peak memory is its own.
+
+Anchors report candidates with scores on their own scales (1 - bit error rate, common hashes,
+aligned matches) and no calibrated "no match", so each is shown at the score threshold that
+lets at most ``FALSE_RATE`` of this run's non-catalogue clips match (chosen on the run's own
+negatives: it flatters the anchors). clipmatch is shown as the service answers, at its fixed
+operating point chosen on the dev split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks import audio_grid as grid
+from benchmarks import clips as clipsets
+from benchmarks.anchors import AnchorUnavailable, Answer
+from benchmarks.corpus import Track, load_tracks, quick_catalogue
+
+FALSE_RATE = 0.01
+SYSTEMS = ("clipmatch", "chromaprint", "audfprint", "olaf")
+
+
+class Clipmatch:
+    """clipmatch itself, in-process, through the same interface as the anchors."""
+
+    name = "clipmatch"
+    label = "clipmatch"
+
+    def __init__(self) -> None:
+        from index.catalog import Catalog
+
+        self._tmp = tempfile.TemporaryDirectory(prefix="clipmatch-anchors-")
+        self.data_dir = Path(self._tmp.name) / "data"
+        self.catalog = Catalog(str(self.data_dir))
+
+    def ingest(self, tracks: list[Track]) -> None:
+        for track in tracks:
+            self.catalog.register(str(track.file), title=track.key)
+        self.catalog.close()
+        from index.catalog import Catalog
+
+        self.catalog = Catalog(str(self.data_dir))
+
+    def index_bytes(self) -> int:
+        return sum(p.stat().st_size for p in (self.data_dir / "index").glob("*.faiss"))
+
+    def match(self, paths: list[str]) -> dict[str, list[Answer]]:
+        return {path: [Answer(m.title, m.score, m.query_start_s, m.reference_start_s)
+                       for m in self.catalog.match_media(path)] for path in paths}
+
+
+def readable(path: Path) -> bool:
+    """Whether PyAV (clipmatch's decoder) opens the file: the audio grid leaves out the
+    tracks it cannot (tracker modules), and so does this comparison, for every system."""
+    import av
+
+    try:
+        with av.open(str(path)):
+            return True
+    except av.error.FFmpegError:
+        return False
+
+
+def make_system(name: str, paths: dict[str, Path | None]) -> Any:
+    if name == "clipmatch":
+        return Clipmatch()
+    if name == "chromaprint":
+        from benchmarks.anchors.chromaprint import Chromaprint
+
+        return Chromaprint()
+    if name == "audfprint":
+        from benchmarks.anchors.audfprint import Audfprint
+
+        return Audfprint(paths["audfprint"])
+    if name == "olaf":
+        from benchmarks.anchors.olaf import Olaf
+
+        return Olaf(paths["olaf"])
+    raise ValueError(f"unknown system {name!r}; choose from {', '.join(SYSTEMS)}")
+
+
+def run_system(name: str, paths: dict[str, Path | None], catalogue: list[Track],
+               clips: list[clipsets.Clip]) -> dict[str, Any]:
+    """Ingest, match every clip, judge: one system's whole run (in a worker process)."""
+    try:
+        system = make_system(name, paths)
+    except AnchorUnavailable as exc:
+        return {"name": name, "unavailable": str(exc)}
+    wall0, cpu0 = time.perf_counter(), grid.cpu_seconds()
+    system.ingest(catalogue)
+    ingest_wall, ingest_cpu = time.perf_counter() - wall0, grid.cpu_seconds() - cpu0
+    match0 = time.perf_counter()
+    answers = system.match([c.path for c in clips])
+    match_wall = time.perf_counter() - match0
+    identity = {t.key: t.key for t in catalogue}
+    outcomes = []
+    for clip in clips:
+        verdict, top = grid.judge(clip, answers.get(clip.path, []), identity, grid.is_repeat)
+        outcomes.append(grid.Outcome(clip, verdict, None if top is None else asdict(top),
+                                     match_wall / len(clips)))
+    hours = sum(t.duration_s for t in catalogue) / 3600
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return {
+        "name": name, "label": system.label,
+        "ingest": grid.ingest_costs(len(catalogue), hours * 3600, ingest_cpu, ingest_wall, []),
+        "index_bytes_per_h": round(system.index_bytes() / hours),
+        "match_ms_per_clip": round(1000 * match_wall / len(clips), 1),
+        "peak_rss_mb": round(max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                                 children) / 1024),
+        "outcomes": [{"clip": asdict(o.clip), "verdict": o.verdict, "top": o.top}
+                     for o in outcomes],
+    }
+
+
+def operating_point(outcomes: list[grid.Outcome], fraction: float) -> float:
+    """Lowest score threshold at which at most ``fraction`` of the negatives match."""
+    false = sorted((o.score or 0.0 for o in outcomes if o.verdict == "false"), reverse=True)
+    negatives = sum(o.clip.role != "catalogue" for o in outcomes)
+    allowed = int(fraction * negatives)
+    if len(false) <= allowed:
+        return 0.0
+    return float(np.nextafter(false[allowed], np.inf))
+
+
+def thresholded(outcomes: list[grid.Outcome], threshold: float) -> list[grid.Outcome]:
+    """The outcomes as if answers below ``threshold`` had been withheld."""
+    return [o if (o.score or 0.0) >= threshold or o.verdict == "none"
+            else grid.Outcome(o.clip, "none", None, o.elapsed_s) for o in outcomes]
+
+
+def det(outcomes: list[grid.Outcome]) -> list[tuple[float, float]]:
+    """(false-match rate, miss rate) at every threshold a score offers: a DET curve. A clip is
+    a miss unless its top answer is right (title and offset) and reaches the threshold."""
+    catalogue = [o for o in outcomes if o.clip.role == "catalogue"]
+    negatives = [o for o in outcomes if o.clip.role != "catalogue"]
+    right = np.array(sorted((o.score or 0.0 for o in catalogue
+                             if o.verdict in ("exact", "repeat")), reverse=True))
+    false = np.array(sorted((o.score or 0.0 for o in negatives if o.verdict == "false"),
+                            reverse=True))
+    best: dict[float, float] = {}  # false-match rate -> lowest miss rate reaching it
+    for threshold in np.unique(np.concatenate([right, false, [np.inf]])):
+        false_rate = round(float((false >= threshold).sum()) / max(len(negatives), 1), 5)
+        miss = round(1.0 - int((right >= threshold).sum()) / max(len(catalogue), 1), 5)
+        best[false_rate] = min(miss, best.get(false_rate, 1.0))
+    return sorted(best.items())
+
+
+def plot(results: dict[str, Any], stem: Path) -> list[Path]:
+    """DET curves and accuracy by clip length, one line per system, as PNG beside ``stem``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    systems = [s for s in results["systems"] if "unavailable" not in s]
+    figure, axis = plt.subplots(figsize=(6, 4.5))
+    floor = 0.5 / max(results["negative_clips"], 1)
+    for s in systems:
+        false, miss = zip(*s["det"], strict=True)
+        axis.step([max(f, floor) for f in false], [100 * m for m in miss], where="post",
+                  label=s["label"])
+    axis.set_xscale("log")
+    axis.set_xlabel(f"false-match rate on {results['negative_clips']} non-catalogue clips "
+                    f"(0 drawn at {floor:.1e})")
+    axis.set_ylabel("% catalogue clips missed (title or offset wrong, or no answer)")
+    axis.set_title(f"Audio: miss vs false match, split {results['split']}")
+    axis.grid(True, which="both", alpha=0.3)
+    axis.legend(fontsize=8)
+    det_png = stem.with_name(stem.name + "_det.png")
+    figure.tight_layout()
+    figure.savefig(det_png, dpi=110)
+    plt.close(figure)
+
+    figure, axis = plt.subplots(figsize=(6, 4.5))
+    for s in systems:
+        lengths = sorted({k for row in s["summary"]["grid"].values() for k in row},
+                         key=lambda k: float(k[:-1]))
+        totals = [sum(row[k]["exact"] + row[k]["repeat"] for row in s["summary"]["grid"].values())
+                  / sum(row[k]["n"] for row in s["summary"]["grid"].values()) for k in lengths]
+        axis.plot([float(k[:-1]) for k in lengths], [100 * t for t in totals], marker="o",
+                  label=s["label"])
+    axis.set_xlabel("clip length (s)")
+    axis.set_ylabel("% title + offset right, all degradations")
+    axis.set_ylim(0, 100)
+    axis.grid(True, alpha=0.3)
+    axis.legend(fontsize=8)
+    length_png = stem.with_name(stem.name + "_by_length.png")
+    figure.tight_layout()
+    figure.savefig(length_png, dpi=110)
+    plt.close(figure)
+    return [det_png, length_png]
+
+
+def summarise(result: dict[str, Any]) -> dict[str, Any]:
+    outcomes = [grid.Outcome(clipsets.Clip(**o["clip"]), o["verdict"], o["top"], 0.0)
+                for o in result["outcomes"]]
+    threshold = 0.0 if result["name"] == "clipmatch" else operating_point(outcomes, FALSE_RATE)
+    kept = thresholded(outcomes, threshold)
+    exact = [o for o in kept if o.verdict == "exact"]
+    errors = [abs(o.top["reference_start_s"] - (o.clip.reference_start_s
+                                                + o.top["query_start_s"] * o.clip.speed))
+              for o in exact]
+    return {"threshold": threshold, "summary": grid.summarise(kept), "det": det(outcomes),
+            "native_false_matches": sum(o.verdict == "false" for o in outcomes),
+            "offset_error_median_s": round(float(np.median(errors)), 3) if errors else None,
+            "scores": {"true": [o.score for o in outcomes if o.verdict in ("exact", "repeat")],
+                       "false": [o.score for o in outcomes if o.verdict == "false"]}}
+
+
+def render(results: dict[str, Any], relative_to_results: bool = True) -> str:
+    """The comparison tables; image links relative to benchmarks/results/ (the .md beside the
+    plots) or to the repository root (BENCHMARKS.md)."""
+    systems = [s for s in results["systems"] if "unavailable" not in s]
+    names = " | ".join(s["label"] for s in systems)
+    lines = [f"### Audio anchors — split `{results['split']}`, {results['mode']} mode", "",
+             f"Same catalogue ({results['catalogue_tracks']} tracks) and clips as the audio "
+             f"grid, one run, one machine ({len(results['left_out'])} tracks PyAV cannot read "
+             f"left out with their clips, as in the grid: {', '.join(results['left_out'])}). "
+             f"Cell = % title + offset right (±1 s). Anchors at the "
+             f"score threshold letting ≤ {100 * FALSE_RATE:g} % of the "
+             f"{results['negative_clips']} non-catalogue clips match (chosen on this run's "
+             "negatives); clipmatch as the service answers.", ""]
+    for length in sorted({k for s in systems for row in s["summary"]["grid"].values()
+                          for k in row}, key=lambda k: float(k[:-1])):
+        lines += [f"**{length} clips**", "", f"| degradation | {names} |",
+                  "|---" * (len(systems) + 1) + "|"]
+        rows = systems[0]["summary"]["grid"]
+        for degradation in rows:
+            cells = []
+            for s in systems:
+                cell = s["summary"]["grid"].get(degradation, {}).get(length)
+                cells.append("–" if not cell else grid.pct(cell["exact"] + cell["repeat"],
+                                                          cell["n"]))
+            lines.append(f"| {degradation} | {' | '.join(cells)} |")
+        lines.append("")
+    lines += [f"| cost | {names} |", "|---" * (len(systems) + 1) + "|"]
+    rows = {
+        "false matches at the threshold shown": lambda s: (
+            f"{s['summary']['false_matches']} of {s['summary']['negative_clips']}"),
+        "false matches, every answer kept": lambda s: str(s["native_false_matches"]),
+        "score threshold": lambda s: f"{s['threshold']:.3g}",
+        "offset error of exact answers, median": lambda s: f"{s['offset_error_median_s']} s",
+        "ingest, x realtime per CPU core": lambda s: f"{s['ingest']['x_realtime_per_core']}x",
+        "index bytes per hour": lambda s: f"{s['index_bytes_per_h'] / 1e6:.2f} MB/h",
+        "match wall per clip (whole batch / clips)": lambda s: f"{s['match_ms_per_clip']} ms",
+        "peak RSS": lambda s: f"{s['peak_rss_mb']} MB",
+    }
+    for label, cell in rows.items():
+        lines.append(f"| {label} | {' | '.join(cell(s) for s in systems)} |")
+    missing = [s for s in results["systems"] if "unavailable" in s]
+    lines += [""] + [f"Not run: **{s['name']}**: {s['unavailable']}" for s in missing]
+    lines += [""] + [f"![{Path(p).stem}]({Path(p).relative_to('benchmarks/results')})"
+                     if relative_to_results else f"![{Path(p).stem}]({p})"
+                     for p in results.get("plots", [])]
+    lines += ["", f"Command: `{results['command']}`; commit {results['commit']}; "
+              f"{results['date']}; {results['machine']['cpu']}, "
+              f"{results['machine']['nproc']} cores.", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--split", choices=sorted(clipsets.SEEDS), default="eval")
+    parser.add_argument("--quick", action="store_true", help="the audio grid's quick clips")
+    parser.add_argument("--systems", default=",".join(SYSTEMS),
+                        help=f"comma-separated, from {', '.join(SYSTEMS)}")
+    parser.add_argument("--audfprint", type=Path, help="source checkout of dpwe/audfprint")
+    parser.add_argument("--olaf", type=Path, help="source checkout of JorenSix/Olaf")
+    parser.add_argument("--write-md", action="store_true", help="regenerate BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    tracks = load_tracks()
+    catalogue = quick_catalogue(tracks) if args.quick else [t for t in tracks
+                                                            if t.role == "catalogue"]
+    clips = clipsets.plan(args.split, args.quick, tracks, catalogue)
+    clipsets.materialise(clips)
+    unreadable = [t for t in catalogue if not readable(t.file)]
+    catalogue = [t for t in catalogue if t not in unreadable]
+    clips = [c for c in clips if c.track not in {t.key for t in unreadable}]
+    paths = {"audfprint": args.audfprint, "olaf": args.olaf}
+    systems = []
+    for name in args.systems.split(","):
+        print(f"anchors: running {name}", file=sys.stderr)
+        with ProcessPoolExecutor(1) as worker:  # a fresh process: its own peak memory
+            result = worker.submit(run_system, name, paths, catalogue, clips).result()
+        if "outcomes" in result:  # per-clip answers, git-ignored, to debug with
+            raw = grid.RESULTS / "raw" / f"anchors_{args.split}_{name}_clips.jsonl"
+            raw.parent.mkdir(exist_ok=True)
+            raw.write_text("".join(json.dumps(o) + "\n" for o in result["outcomes"]))
+        systems.append(result if "unavailable" in result
+                       else {**{k: v for k, v in result.items() if k != "outcomes"},
+                             **summarise(result)})
+    results = {"split": args.split, "mode": "quick" if args.quick else "full",
+               "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+               "commit": grid.commit(), "machine": grid.machine(),
+               "command": " ".join(["python -m benchmarks.anchor_grid", *(argv or sys.argv[1:])]),
+               "catalogue_tracks": len(catalogue),
+               "left_out": [t.key for t in unreadable],
+               "negative_clips": sum(c.role != "catalogue" for c in clips), "systems": systems}
+    stem = grid.RESULTS / (f"anchors_{args.split}" + ("_quick" if args.quick else ""))
+    results["plots"] = [str(p.relative_to(grid.REPO)) for p in plot(results, stem)]
+    stem.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
+    table = render(results)
+    stem.with_suffix(".md").write_text(table)
+    print(table)
+    if args.write_md:
+        grid.write_benchmarks_md()
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    main()

@@ -1,0 +1,81 @@
+"""Olaf (Joren Six's landmark matcher, C core and Zig command line) as an anchor, from a source
+checkout of JorenSix/Olaf, built with the Zig compiler from PyPI's ``ziglang``."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+from benchmarks.anchors import ANCHOR_CACHE, AnchorUnavailable, Answer, directory_bytes, run_tool
+from benchmarks.anchors.audfprint import environment
+from benchmarks.corpus import Track
+
+HOW_TO_GET = ("pass --olaf PATH to a source checkout of https://github.com/JorenSix/Olaf "
+              "(git clone https://github.com/JorenSix/Olaf; tested at e5d89fb)")
+ZIG = "ziglang==0.15.2"
+"""The version the checkout's .zigversion names."""
+EXTENSIONS = [".wav", ".ogg", ".mp3", ".flac", ".m4a", ".opus", ".xm", ".it", ".mod", ".s3m"]
+
+
+def build(checkout: Path) -> Path:
+    """``zig build -Doptimize=ReleaseFast`` in the checkout, once; returns the olaf binary."""
+    binary = checkout / "zig-out" / "bin" / "olaf"
+    if binary.exists():
+        return binary
+    python = environment()
+    run_tool([python, "-m", "pip", "install", "--quiet", ZIG])
+    run_tool([python, "-m", "ziglang", "build", "-Doptimize=ReleaseFast"], cwd=checkout)
+    return binary
+
+
+class Olaf:
+    name = "olaf"
+    label = "Olaf (defaults)"
+
+    def __init__(self, checkout: Path | None) -> None:
+        if checkout is None or not (checkout / "build.zig").exists():
+            raise AnchorUnavailable(HOW_TO_GET)
+        self.binary = build(checkout.resolve())
+        self.home = ANCHOR_CACHE / "olaf-home"
+        self.db = self.home / ".olaf" / "db"
+        self.keys: dict[str, str] = {}
+
+    def _run(self, *args: str) -> str:
+        """Olaf reads ~/.olaf/olaf_config.json; its default db path is not expanded by LMDB,
+        so the config names absolute folders (research/audio.md)."""
+        env = {**os.environ, "HOME": str(self.home)}
+        return run_tool([self.binary, *args], env=env).stdout
+
+    def ingest(self, tracks: list[Track]) -> None:
+        cache = self.home / ".olaf" / "cache"
+        for folder in (self.db, cache):
+            if folder.exists():
+                for f in folder.iterdir():
+                    f.unlink()
+            folder.mkdir(parents=True, exist_ok=True)
+        (self.home / ".olaf" / "olaf_config.json").write_text(json.dumps({
+            "db_folder": f"{self.db}/", "cache_folder": f"{cache}/",
+            "allowed_audio_file_extensions": EXTENSIONS}))
+        self.keys = {str(Path(t.file).resolve()): t.key for t in tracks}
+        self._run("store", *self.keys)
+
+    def index_bytes(self) -> int:
+        return directory_bytes(self.db)
+
+    def match(self, paths: list[str]) -> dict[str, list[Answer]]:
+        found: dict[str, list[Answer]] = {str(Path(p).resolve()): [] for p in paths}
+        for start in range(0, len(paths), 200):  # bounded command lines
+            batch = [str(Path(p).resolve()) for p in paths[start:start + 200]]
+            for row in csv.reader(self._run("query", *batch).splitlines()):
+                if len(row) != 11:
+                    continue
+                fields = [f.strip() for f in row]
+                query, count, reference = fields[2], fields[4], fields[7]
+                if not count.isdigit() or int(count) == 0 or reference not in self.keys:
+                    continue
+                if query in found:
+                    found[query].append(Answer(self.keys[reference], float(count),
+                                               float(fields[5]), float(fields[9])))
+        return {p: found[str(Path(p).resolve())] for p in paths}
