@@ -36,6 +36,7 @@ bench: $(BENCH_INSTALLED) $(GENERATED)
 	$(PY) -m benchmarks.audio_grid --write-md
 	$(PY) -m benchmarks.video_corpus
 	$(PY) -m benchmarks.video_grid --write-md
+	$(PY) -m benchmarks.anchor_grid --audfprint $(AUDFPRINT) --olaf $(OLAF) --write-md
 
 bench-quick: $(BENCH_INSTALLED) $(GENERATED)
 	bash benchmarks/setup.sh

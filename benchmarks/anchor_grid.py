@@ -225,6 +225,70 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
                        "false": [o.score for o in outcomes if o.verdict == "false"]}}
 
 
+SHORTFALL_NOTES = {
+    "accuracy": "Cells hold 39-40 clips, so one clip is 2-3 points; the missed clips are in "
+                "`benchmarks/results/raw/anchors_<split>_clipmatch_clips.jsonl`. To close: look "
+                "at why each was missed, on the dev split, and fix the cause, not the row.",
+    "offset": "clipmatch places a match to its window hop (0.125 s) and the refinement of its "
+              "peaks; Olaf and audfprint report the exact time of their landmarks. Every "
+              "answer counted is within 1 s. To close: report the line at the best peak shift "
+              "that `align.peak_evidence` already tries (32 ms steps).",
+    "ingest": "clipmatch decodes with PyAV and computes two fingerprints (band descriptors and "
+              "spectral peaks) in numpy; Chromaprint and Olaf are C. Not profiled yet; to "
+              "close: profile ingest and move its hot loop out of Python.",
+    "index": "Chromaprint's figure is its raw fingerprint, searched exhaustively (no index): "
+             "its search time grows with the catalogue, while clipmatch's FAISS index does not "
+             "scan it.",
+    "latency": "Chromaprint's search is a brute-force scan of 6 h of fingerprint in numpy: "
+               "linear in the catalogue (issue 5 measures clipmatch at 1,000 h).",
+    "memory": "clipmatch's process holds NumPy, SciPy, librosa, FAISS and PyAV and caches "
+              "reference fingerprints for verification; the anchors' C tools hold only their "
+              "tables. To close: measure what the cache and the libraries take (issue 5).",
+}
+"""Why each kind of row can favour an anchor, shown only for rows where one does."""
+
+
+def shortfalls(results: dict[str, Any]) -> list[str]:
+    """Every row where an anchor does better than clipmatch, with the figures, and what each
+    kind of shortfall means: computed, so the list is never out of date."""
+    systems = {s["name"]: s for s in results["systems"] if "unavailable" not in s}
+    ours = systems.get("clipmatch")
+    if ours is None:
+        return []
+    found: list[tuple[str, str]] = []
+    for degradation, row in ours["summary"]["grid"].items():
+        for length, cell in row.items():
+            mine = (cell["exact"] + cell["repeat"]) / cell["n"]
+            for name, s in systems.items():
+                other = s["summary"]["grid"].get(degradation, {}).get(length)
+                if name != "clipmatch" and other and (
+                        (other["exact"] + other["repeat"]) / other["n"] > mine):
+                    found.append(("accuracy", f"{degradation}, {length} clips: {s['label']} "
+                                  f"{other['exact'] + other['repeat']}/{other['n']}, clipmatch "
+                                  f"{cell['exact'] + cell['repeat']}/{cell['n']}"))
+    costs = {  # kind: (how to read it, higher is better?)
+        "offset": (lambda s: s["offset_error_median_s"] or 0.0, False, "offset error {:.3f} s"),
+        "ingest": (lambda s: s["ingest"]["x_realtime_per_core"], True, "ingest {:g}x realtime"),
+        "index": (lambda s: s["index_bytes_per_h"] / 1e6, False, "index {:.2f} MB/h"),
+        "latency": (lambda s: s["match_ms_per_clip"], False, "match {:g} ms per clip"),
+        "memory": (lambda s: s["peak_rss_mb"], False, "peak RSS {:g} MB"),
+    }
+    for kind, (value, higher, text) in costs.items():
+        for name, s in systems.items():
+            better = value(s) > value(ours) if higher else value(s) < value(ours)
+            if name != "clipmatch" and better:
+                found.append((kind, f"{text.format(value(s))} ({s['label']}) against "
+                              f"{text.format(value(ours))} (clipmatch)"))
+    if not found:
+        return ["clipmatch does as well as or better than every anchor on every row above.", ""]
+    lines = ["**Where an anchor does better than clipmatch** (computed from the tables above):",
+             ""]
+    for kind in dict.fromkeys(k for k, _ in found):
+        lines += [f"- {kind}: " + "; ".join(t for k, t in found if k == kind) + ".",
+                  f"  {SHORTFALL_NOTES[kind]}"]
+    return [*lines, ""]
+
+
 def render(results: dict[str, Any], relative_to_results: bool = True) -> str:
     """The comparison tables; image links relative to benchmarks/results/ (the .md beside the
     plots) or to the repository root (BENCHMARKS.md)."""
@@ -267,6 +331,7 @@ def render(results: dict[str, Any], relative_to_results: bool = True) -> str:
         lines.append(f"| {label} | {' | '.join(cell(s) for s in systems)} |")
     missing = [s for s in results["systems"] if "unavailable" in s]
     lines += [""] + [f"Not run: **{s['name']}**: {s['unavailable']}" for s in missing]
+    lines += ["", *shortfalls(results)]
     lines += [""] + [f"![{Path(p).stem}]({Path(p).relative_to('benchmarks/results')})"
                      if relative_to_results else f"![{Path(p).stem}]({p})"
                      for p in results.get("plots", [])]
@@ -285,7 +350,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--audfprint", type=Path, help="source checkout of dpwe/audfprint")
     parser.add_argument("--olaf", type=Path, help="source checkout of JorenSix/Olaf")
     parser.add_argument("--write-md", action="store_true", help="regenerate BENCHMARKS.md")
+    parser.add_argument("--rerender", action="store_true",
+                        help="only redraw the tables and plots from the saved results JSON")
     args = parser.parse_args(argv)
+    stem = grid.RESULTS / (f"anchors_{args.split}" + ("_quick" if args.quick else ""))
+    if args.rerender:
+        publish(json.loads(stem.with_suffix(".json").read_text()), stem, args.write_md)
+        return
     tracks = load_tracks()
     catalogue = quick_catalogue(tracks) if args.quick else [t for t in tracks
                                                             if t.role == "catalogue"]
@@ -314,13 +385,17 @@ def main(argv: list[str] | None = None) -> None:
                "catalogue_tracks": len(catalogue),
                "left_out": [t.key for t in unreadable],
                "negative_clips": sum(c.role != "catalogue" for c in clips), "systems": systems}
-    stem = grid.RESULTS / (f"anchors_{args.split}" + ("_quick" if args.quick else ""))
+    publish(results, stem, args.write_md)
+
+
+def publish(results: dict[str, Any], stem: Path, write_md: bool) -> None:
+    """Plots, ``<stem>.json`` and ``<stem>.md`` (and BENCHMARKS.md with ``write_md``)."""
     results["plots"] = [str(p.relative_to(grid.REPO)) for p in plot(results, stem)]
     stem.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
     table = render(results)
     stem.with_suffix(".md").write_text(table)
     print(table)
-    if args.write_md:
+    if write_md:
         grid.write_benchmarks_md()
 
 
