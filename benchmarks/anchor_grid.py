@@ -35,6 +35,11 @@ from benchmarks.anchors import AnchorUnavailable, Answer
 from benchmarks.corpus import Track, load_tracks, quick_catalogue
 
 FALSE_RATE = 0.01
+CURVE_DEGRADATIONS = ("noise_0db", "speech_0db", "reverb", "speed_+5", "pitch_+1")
+"""The strongest row of each family (noise, interference, room, speed, pitch) for the
+clip-length curve."""
+CURVE_LENGTHS_S = (2.0, 3.0, 5.0, 10.0, 20.0)
+CURVE_PER_CELL = {False: 20, True: 6}
 SYSTEMS = ("clipmatch", "chromaprint", "audfprint", "olaf")
 
 
@@ -98,8 +103,9 @@ def make_system(name: str, paths: dict[str, Path | None]) -> Any:
 
 
 def run_system(name: str, paths: dict[str, Path | None], catalogue: list[Track],
-               clips: list[clipsets.Clip]) -> dict[str, Any]:
-    """Ingest, match every clip, judge: one system's whole run (in a worker process)."""
+               clips: list[clipsets.Clip], curve: list[clipsets.Clip]) -> dict[str, Any]:
+    """Ingest, match every clip of the grid and of the length curve in one batch, judge: one
+    system's whole run (in a worker process)."""
     try:
         system = make_system(name, paths)
     except AnchorUnavailable as exc:
@@ -108,25 +114,25 @@ def run_system(name: str, paths: dict[str, Path | None], catalogue: list[Track],
     system.ingest(catalogue)
     ingest_wall, ingest_cpu = time.perf_counter() - wall0, grid.cpu_seconds() - cpu0
     match0 = time.perf_counter()
-    answers = system.match([c.path for c in clips])
+    answers = system.match(list(dict.fromkeys(c.path for c in clips + curve)))
     match_wall = time.perf_counter() - match0
     identity = {t.key: t.key for t in catalogue}
-    outcomes = []
-    for clip in clips:
+
+    def judged(clip: clipsets.Clip) -> dict[str, Any]:
         verdict, top = grid.judge(clip, answers.get(clip.path, []), identity, grid.is_repeat)
-        outcomes.append(grid.Outcome(clip, verdict, None if top is None else asdict(top),
-                                     match_wall / len(clips)))
+        return {"clip": asdict(clip), "verdict": verdict,
+                "top": None if top is None else asdict(top)}
+
     hours = sum(t.duration_s for t in catalogue) / 3600
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return {
         "name": name, "label": system.label,
         "ingest": grid.ingest_costs(len(catalogue), hours * 3600, ingest_cpu, ingest_wall, []),
         "index_bytes_per_h": round(system.index_bytes() / hours),
-        "match_ms_per_clip": round(1000 * match_wall / len(clips), 1),
+        "match_ms_per_clip": round(1000 * match_wall / len(answers), 1),
         "peak_rss_mb": round(max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                                  children) / 1024),
-        "outcomes": [{"clip": asdict(o.clip), "verdict": o.verdict, "top": o.top}
-                     for o in outcomes],
+        "outcomes": [judged(c) for c in clips], "curve_outcomes": [judged(c) for c in curve],
     }
 
 
@@ -206,12 +212,49 @@ def plot(results: dict[str, Any], stem: Path) -> list[Path]:
     figure.tight_layout()
     figure.savefig(length_png, dpi=110)
     plt.close(figure)
-    return [det_png, length_png]
+
+    figure, axes = plt.subplots(1, len(CURVE_DEGRADATIONS), figsize=(3 * len(CURVE_DEGRADATIONS),
+                                                                    3.4), sharey=True)
+    for axis, degradation in zip(axes, CURVE_DEGRADATIONS, strict=True):
+        for s in systems:
+            row = s.get("curve", {}).get(degradation, {})
+            axis.plot([float(k[:-1]) for k in row], list(row.values()), marker="o",
+                      label=s["label"])
+        axis.set_xscale("log")
+        axis.set_xticks(CURVE_LENGTHS_S, [f"{length:g}" for length in CURVE_LENGTHS_S])
+        axis.set_title(degradation)
+        axis.set_xlabel("clip length (s)")
+        axis.set_ylim(0, 100)
+        axis.grid(True, alpha=0.3)
+    axes[0].set_ylabel("% title + offset right")
+    axes[-1].legend(fontsize=7)
+    curve_png = stem.with_name(stem.name + "_length_curve.png")
+    figure.tight_layout()
+    figure.savefig(curve_png, dpi=100)
+    plt.close(figure)
+    return [det_png, length_png, curve_png]
+
+
+def _outcomes(records: list[dict[str, Any]]) -> list[grid.Outcome]:
+    return [grid.Outcome(clipsets.Clip(**o["clip"]), o["verdict"], o["top"], 0.0)
+            for o in records]
+
+
+def curve_cells(outcomes: list[grid.Outcome]) -> dict[str, dict[str, float]]:
+    """% title + offset right per degradation and clip length."""
+    cells: dict[str, dict[str, list[int]]] = {}
+    for o in outcomes:
+        cell = cells.setdefault(o.clip.degradation, {}).setdefault(f"{o.clip.length_s:g}s",
+                                                                  [0, 0])
+        cell[0] += o.verdict in ("exact", "repeat")
+        cell[1] += 1
+    return {d: {k: round(100 * right / n, 1) for k, (right, n) in row.items()}
+            for d, row in cells.items()}
 
 
 def summarise(result: dict[str, Any]) -> dict[str, Any]:
-    outcomes = [grid.Outcome(clipsets.Clip(**o["clip"]), o["verdict"], o["top"], 0.0)
-                for o in result["outcomes"]]
+    """One system's figures at its operating point (see the module docstring)."""
+    outcomes = _outcomes(result["outcomes"])
     threshold = 0.0 if result["name"] == "clipmatch" else operating_point(outcomes, FALSE_RATE)
     kept = thresholded(outcomes, threshold)
     exact = [o for o in kept if o.verdict == "exact"]
@@ -219,6 +262,7 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
                                                 + o.top["query_start_s"] * o.clip.speed))
               for o in exact]
     return {"threshold": threshold, "summary": grid.summarise(kept), "det": det(outcomes),
+            "curve": curve_cells(thresholded(_outcomes(result["curve_outcomes"]), threshold)),
             "native_false_matches": sum(o.verdict == "false" for o in outcomes),
             "offset_error_median_s": round(float(np.median(errors)), 3) if errors else None,
             "scores": {"true": [o.score for o in outcomes if o.verdict in ("exact", "repeat")],
@@ -226,9 +270,14 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
 
 
 SHORTFALL_NOTES = {
-    "accuracy": "Cells hold 39-40 clips, so one clip is 2-3 points; the missed clips are in "
+    "accuracy": "Grid cells hold 39-40 clips (one clip is 2-3 points), curve cells 20 (6 "
+                "quick); the missed clips are in "
                 "`benchmarks/results/raw/anchors_<split>_clipmatch_clips.jsonl`. To close: look "
                 "at why each was missed, on the dev split, and fix the cause, not the row.",
+    "short": "clipmatch's audio descriptor spans 2.5 s, so a shorter clip yields no descriptor "
+             "and no answer. To close: describe a short clip by the part of a window it fills "
+             "(the missing bands masked out of the similarity), or search its spectral peaks "
+             "over the whole catalogue with a landmark index.",
     "offset": "clipmatch places a match to its window hop (0.125 s) and the refinement of its "
               "peaks; Olaf and audfprint report the exact time of their landmarks. Every "
               "answer counted is within 1 s. To close: report the line at the best peak shift "
@@ -266,6 +315,16 @@ def shortfalls(results: dict[str, Any]) -> list[str]:
                     found.append(("accuracy", f"{degradation}, {length} clips: {s['label']} "
                                   f"{other['exact'] + other['repeat']}/{other['n']}, clipmatch "
                                   f"{cell['exact'] + cell['repeat']}/{cell['n']}"))
+    from fingerprint.audio import WINDOW_S
+
+    for degradation, row in ours.get("curve", {}).items():
+        for length, mine in row.items():
+            for name, s in systems.items():
+                other = s.get("curve", {}).get(degradation, {}).get(length)
+                if name != "clipmatch" and other is not None and other > mine:
+                    kind = "short" if float(length[:-1]) < WINDOW_S else "accuracy"
+                    found.append((kind, f"length curve, {degradation}, {length}: {s['label']} "
+                                  f"{other:.0f} %, clipmatch {mine:.0f} %"))
     costs = {  # kind: (how to read it, higher is better?)
         "offset": (lambda s: s["offset_error_median_s"] or 0.0, False, "offset error {:.3f} s"),
         "ingest": (lambda s: s["ingest"]["x_realtime_per_core"], True, "ingest {:g}x realtime"),
@@ -286,6 +345,21 @@ def shortfalls(results: dict[str, Any]) -> list[str]:
     for kind in dict.fromkeys(k for k, _ in found):
         lines += [f"- {kind}: " + "; ".join(t for k, t in found if k == kind) + ".",
                   f"  {SHORTFALL_NOTES[kind]}"]
+    return [*lines, ""]
+
+
+def curve_lines(results: dict[str, Any], systems: list[dict[str, Any]]) -> list[str]:
+    """The clip-length curve as a table: a row per degradation and system."""
+    lengths = [f"{length:g}s" for length in CURVE_LENGTHS_S]
+    lines = [f"**Clip length** ({CURVE_PER_CELL[results['mode'] == 'quick']} catalogue clips "
+             "per cell, drawn apart from the grid's; % title + offset right at each system's "
+             "threshold above)", "", f"| degradation | system | {' | '.join(lengths)} |",
+             "|---|---" + "|---" * len(lengths) + "|"]
+    for degradation in CURVE_DEGRADATIONS:
+        for s in systems:
+            row = s.get("curve", {}).get(degradation, {})
+            cells = " | ".join(f"{row[k]:.0f}" if k in row else "–" for k in lengths)
+            lines.append(f"| {degradation} | {s['label']} | {cells} |")
     return [*lines, ""]
 
 
@@ -315,6 +389,7 @@ def render(results: dict[str, Any], relative_to_results: bool = True) -> str:
                                                           cell["n"]))
             lines.append(f"| {degradation} | {' | '.join(cells)} |")
         lines.append("")
+    lines += curve_lines(results, systems)
     lines += [f"| cost | {names} |", "|---" * (len(systems) + 1) + "|"]
     rows = {
         "false matches at the threshold shown": lambda s: (
@@ -365,18 +440,22 @@ def main(argv: list[str] | None = None) -> None:
     unreadable = [t for t in catalogue if not readable(t.file)]
     catalogue = [t for t in catalogue if t not in unreadable]
     clips = [c for c in clips if c.track not in {t.key for t in unreadable}]
+    curve = clipsets.plan_curve(args.split, catalogue, CURVE_DEGRADATIONS, CURVE_LENGTHS_S,
+                                CURVE_PER_CELL[args.quick])
+    clipsets.materialise(curve)
     paths = {"audfprint": args.audfprint, "olaf": args.olaf}
     systems = []
     for name in args.systems.split(","):
         print(f"anchors: running {name}", file=sys.stderr)
         with ProcessPoolExecutor(1) as worker:  # a fresh process: its own peak memory
-            result = worker.submit(run_system, name, paths, catalogue, clips).result()
+            result = worker.submit(run_system, name, paths, catalogue, clips, curve).result()
         if "outcomes" in result:  # per-clip answers, git-ignored, to debug with
             raw = grid.RESULTS / "raw" / f"anchors_{args.split}_{name}_clips.jsonl"
             raw.parent.mkdir(exist_ok=True)
             raw.write_text("".join(json.dumps(o) + "\n" for o in result["outcomes"]))
         systems.append(result if "unavailable" in result
-                       else {**{k: v for k, v in result.items() if k != "outcomes"},
+                       else {**{k: v for k, v in result.items()
+                                if k not in ("outcomes", "curve_outcomes")},
                              **summarise(result)})
     results = {"split": args.split, "mode": "quick" if args.quick else "full",
                "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),

@@ -84,12 +84,13 @@ def _level_dbfs(path: Path, start_s: float, length_s: float) -> float:
 
 
 def _draw(rng: np.random.Generator, split: str, sources: list[tuple[str, Path, float]],
-          length_s: float, count: int) -> list[tuple[str, Path, float]]:
+          length_s: float, count: int, tail_s: float = TAIL_S) -> list[tuple[str, Path, float]]:
     """``count`` (key, file, start) draws: a source uniformly, then one of the split's blocks of
     it uniformly, then a start uniformly in the block, redrawn while the segment is near-silent.
 
     Blocks alternate between the splits (dev even, eval odd) and a clip never leaves its block,
-    so no eval clip overlaps a dev clip in the reference.
+    so no eval clip overlaps a dev clip in the reference (``tail_s``: the most of its source a
+    clip of this length may cover, from its start).
     """
     parity = SPLIT_BLOCK_PARITY[split]
     eligible = [(key, file, duration) for key, file, duration in sources
@@ -98,7 +99,7 @@ def _draw(rng: np.random.Generator, split: str, sources: list[tuple[str, Path, f
     while len(draws) < count:
         key, file, duration = eligible[rng.integers(len(eligible))]
         block = parity + 2 * int(rng.integers((int(duration // BLOCK_S) - parity + 1) // 2))
-        start = round(float(rng.uniform(block * BLOCK_S, (block + 1) * BLOCK_S - TAIL_S)), 3)
+        start = round(float(rng.uniform(block * BLOCK_S, (block + 1) * BLOCK_S - tail_s)), 3)
         if _level_dbfs(file, start, length_s) >= MIN_LEVEL_DBFS:
             draws.append((key, file, start))
     return draws
@@ -151,6 +152,20 @@ def plan(split: str, quick: bool, tracks: list[Track], catalogue: list[Track]) -
     truth.parent.mkdir(parents=True, exist_ok=True)
     truth.write_text(json.dumps({"key": key, "clips": [asdict(c) for c in clips]}, indent=0) + "\n")
     return clips
+
+
+def plan_curve(split: str, catalogue: list[Track], degradations: tuple[str, ...],
+               lengths: tuple[float, ...], per_cell: int) -> list[Clip]:
+    """Catalogue clips for a clip-length curve: per length, ``per_cell`` draws (seeded apart
+    from ``plan``'s), each cut for every degradation. Lengths may exceed the grid's: a clip
+    still stays inside its split's block, covering at most 1.1 x its length."""
+    rng = np.random.default_rng(SEEDS[split] + 1000)
+    sources = [(t.key, t.file, t.duration_s) for t in catalogue]
+    return [_clip(split, "catalogue", key, file, start, length, d)
+            for length in lengths
+            for key, file, start in _draw(rng, split, sources, length, per_cell,
+                                          max(TAIL_S, 1.1 * length))
+            for d in degradations]
 
 
 def _generate(clip: Clip) -> None:

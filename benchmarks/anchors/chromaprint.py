@@ -36,6 +36,8 @@ def fpcalc(tool: Path, env: dict[str, str], path: str) -> np.ndarray:
     frame (End of file)") on files it fingerprinted fully, so its output decides, not its code."""
     done = subprocess.run([str(tool), "-raw", "-json", "-length", "100000", path],
                           capture_output=True, text=True, env=env)
+    if "Empty fingerprint" in done.stderr:  # under ~3 s of audio: nothing to search with
+        return np.zeros(0, dtype=np.uint32)
     try:
         items = json.loads(done.stdout)["fingerprint"]
     except (ValueError, KeyError) as exc:
