@@ -221,6 +221,7 @@ def plot(results: dict[str, Any], stem: Path) -> list[Path]:
             axis.plot([float(k[:-1]) for k in row], list(row.values()), marker="o",
                       label=s["label"])
         axis.set_xscale("log")
+        axis.minorticks_off()
         axis.set_xticks(CURVE_LENGTHS_S, [f"{length:g}" for length in CURVE_LENGTHS_S])
         axis.set_title(degradation)
         axis.set_xlabel("clip length (s)")
