@@ -32,7 +32,7 @@ import numpy as np
 from benchmarks import audio_grid as grid
 from benchmarks import clips as clipsets
 from benchmarks.anchors import AnchorUnavailable, Answer
-from benchmarks.corpus import Track, load_tracks, quick_catalogue
+from benchmarks.corpus import Track
 
 FALSE_RATE = 0.01
 CURVE_DEGRADATIONS = ("noise_0db", "speech_0db", "reverb", "speed_+5", "pitch_+1")
@@ -129,7 +129,7 @@ def run_system(name: str, paths: dict[str, Path | None], catalogue: list[Track],
         "name": name, "label": system.label,
         "ingest": grid.ingest_costs(len(catalogue), hours * 3600, ingest_cpu, ingest_wall, []),
         "index_bytes_per_h": round(system.index_bytes() / hours),
-        "match_ms_per_clip": round(1000 * match_wall / len(answers), 1),
+        "match_ms_per_clip": round(1000 * match_wall / max(len(answers), 1), 1),
         "peak_rss_mb": round(max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                                  children) / 1024),
         "outcomes": [judged(c) for c in clips], "curve_outcomes": [judged(c) for c in curve],
@@ -433,11 +433,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.rerender:
         publish(json.loads(stem.with_suffix(".json").read_text()), stem, args.write_md)
         return
-    tracks = load_tracks()
-    catalogue = quick_catalogue(tracks) if args.quick else [t for t in tracks
-                                                            if t.role == "catalogue"]
-    clips = clipsets.plan(args.split, args.quick, tracks, catalogue)
-    clipsets.materialise(clips)
+    _, catalogue, clips = grid.planned(args.split, args.quick)
     unreadable = [t for t in catalogue if not readable(t.file)]
     catalogue = [t for t in catalogue if t not in unreadable]
     clips = [c for c in clips if c.track not in {t.key for t in unreadable}]

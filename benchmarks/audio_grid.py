@@ -489,6 +489,17 @@ def write_benchmarks_md() -> None:
     BENCHMARKS_MD.write_text("\n".join(lines))
 
 
+def planned(split: str, quick: bool) -> tuple[list[Track], list[Track], list[clipsets.Clip]]:
+    """The corpus tracks, the catalogue and the clips of a run (rendered, cached): one
+    definition for every benchmark that scores the audio grid's clips."""
+    tracks = load_tracks()
+    catalogue = quick_catalogue(tracks) if quick else [t for t in tracks
+                                                       if t.role == "catalogue"]
+    clips = clipsets.plan(split, quick, tracks, catalogue)
+    clipsets.materialise(clips)
+    return tracks, catalogue, clips
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--split", choices=sorted(clipsets.SEEDS), default="eval",
@@ -510,11 +521,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from index.catalog import Catalog
 
-    tracks = load_tracks()
-    catalogue = quick_catalogue(tracks) if args.quick else [t for t in tracks
-                                                            if t.role == "catalogue"]
-    clips = clipsets.plan(args.split, args.quick, tracks, catalogue)
-    clipsets.materialise(clips)
+    tracks, catalogue, clips = planned(args.split, args.quick)
 
     with tempfile.TemporaryDirectory(prefix="clipmatch-bench-") as tmp:
         data_dir = Path(tmp) / "data"

@@ -50,5 +50,12 @@ def run_tool(command: Sequence[str | os.PathLike[str]], **kwargs: object
     return done
 
 
+def checkout(path: Path | None, marker: str, how_to_get: str) -> Path:
+    """The anchor's source checkout, resolved, if it holds ``marker``; else say how to get it."""
+    if path is None or not (path / marker).exists():
+        raise AnchorUnavailable(how_to_get)
+    return path.resolve()
+
+
 def directory_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())

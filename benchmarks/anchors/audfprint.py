@@ -11,7 +11,7 @@ import re
 import sys
 from pathlib import Path
 
-from benchmarks.anchors import ANCHOR_CACHE, AnchorUnavailable, Answer, run_tool
+from benchmarks.anchors import ANCHOR_CACHE, Answer, checkout, run_tool
 from benchmarks.corpus import Track
 
 HOW_TO_GET = ("pass --audfprint PATH to a source checkout of https://github.com/dpwe/audfprint "
@@ -40,10 +40,8 @@ class Audfprint:
     name = "audfprint"
     label = "audfprint (n 70, F 8, shifts 4)"
 
-    def __init__(self, checkout: Path | None) -> None:
-        if checkout is None or not (checkout / "audfprint.py").exists():
-            raise AnchorUnavailable(HOW_TO_GET)
-        self.script = checkout.resolve() / "audfprint.py"
+    def __init__(self, source: Path | None) -> None:
+        self.script = checkout(source, "audfprint.py", HOW_TO_GET) / "audfprint.py"
         self.python = environment()
         self.work = ANCHOR_CACHE / "audfprint"
         self.work.mkdir(parents=True, exist_ok=True)

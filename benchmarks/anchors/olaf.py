@@ -8,7 +8,7 @@ import json
 import os
 from pathlib import Path
 
-from benchmarks.anchors import ANCHOR_CACHE, AnchorUnavailable, Answer, directory_bytes, run_tool
+from benchmarks.anchors import ANCHOR_CACHE, Answer, checkout, directory_bytes, run_tool
 from benchmarks.anchors.audfprint import environment
 from benchmarks.corpus import Track
 
@@ -34,10 +34,8 @@ class Olaf:
     name = "olaf"
     label = "Olaf (defaults)"
 
-    def __init__(self, checkout: Path | None) -> None:
-        if checkout is None or not (checkout / "build.zig").exists():
-            raise AnchorUnavailable(HOW_TO_GET)
-        self.binary = build(checkout.resolve())
+    def __init__(self, source: Path | None) -> None:
+        self.binary = build(checkout(source, "build.zig", HOW_TO_GET))
         self.home = ANCHOR_CACHE / "olaf-home"
         self.db = self.home / ".olaf" / "db"
         self.keys: dict[str, str] = {}
