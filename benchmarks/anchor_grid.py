@@ -1,9 +1,10 @@
-"""Audio anchors side by side: clipmatch, Chromaprint, audfprint and Olaf on the same clips.
+"""The anchors side by side with clipmatch on the same clips: Chromaprint, audfprint and Olaf
+on the audio grid's (``--grid audio``), PDQ on the video grid's (``--grid video``).
 
-Every system ingests the same catalogue tracks and answers the same clips as the audio grid
-(``benchmarks.clips.plan``, same split and mode), in one run on one machine; each answer is
-scored by ``audio_grid.judge``, the grid's own rule. Each system runs in a process of its own,
-so its peak memory is its own.
+Every system ingests the same catalogue and answers the same clips as the grid (same split and
+mode), in one run on one machine; each answer is scored by ``audio_grid.judge``, the grids' own
+rule. The audio comparison adds a clip-length curve (2-20 s) for the strongest rows. Each
+system runs in a process of its own, so its peak memory is its own.
 
 Anchors report candidates with scores on their own scales (1 - bit error rate, common hashes,
 aligned matches) and no calibrated "no match", so each is shown at the score threshold that
@@ -40,7 +41,8 @@ CURVE_DEGRADATIONS = ("noise_0db", "speech_0db", "reverb", "speed_+5", "pitch_+1
 clip-length curve."""
 CURVE_LENGTHS_S = (2.0, 3.0, 5.0, 10.0, 20.0)
 CURVE_PER_CELL = {False: 20, True: 6}
-SYSTEMS = ("clipmatch", "chromaprint", "audfprint", "olaf")
+SYSTEMS = {"audio": ("clipmatch", "chromaprint", "audfprint", "olaf"),
+           "video": ("clipmatch", "pdq")}
 
 
 class Clipmatch:
@@ -84,6 +86,11 @@ def readable(path: Path) -> bool:
         return False
 
 
+def clip_kind(clips: list[clipsets.Clip]) -> str:
+    """Video grid clips are .mp4 files; the audio grid's never are."""
+    return "video" if clips and clips[0].path.endswith(".mp4") else "audio"
+
+
 def make_system(name: str, paths: dict[str, Path | None]) -> Any:
     if name == "clipmatch":
         return Clipmatch()
@@ -99,7 +106,11 @@ def make_system(name: str, paths: dict[str, Path | None]) -> Any:
         from benchmarks.anchors.olaf import Olaf
 
         return Olaf(paths["olaf"])
-    raise ValueError(f"unknown system {name!r}; choose from {', '.join(SYSTEMS)}")
+    if name == "pdq":
+        from benchmarks.anchors.pdq import Pdq
+
+        return Pdq()
+    raise ValueError(f"unknown system {name!r}")
 
 
 def run_system(name: str, paths: dict[str, Path | None], catalogue: list[Track],
@@ -118,8 +129,10 @@ def run_system(name: str, paths: dict[str, Path | None], catalogue: list[Track],
     match_wall = time.perf_counter() - match0
     identity = {t.key: t.key for t in catalogue}
 
+    repeat = grid.is_repeat if clip_kind(clips) == "audio" else None
+
     def judged(clip: clipsets.Clip) -> dict[str, Any]:
-        verdict, top = grid.judge(clip, answers.get(clip.path, []), identity, grid.is_repeat)
+        verdict, top = grid.judge(clip, answers.get(clip.path, []), identity, repeat)
         return {"clip": asdict(clip), "verdict": verdict,
                 "top": None if top is None else asdict(top)}
 
@@ -187,7 +200,8 @@ def plot(results: dict[str, Any], stem: Path) -> list[Path]:
     axis.set_xlabel(f"false-match rate on {results['negative_clips']} non-catalogue clips "
                     f"(0 drawn at {floor:.1e})")
     axis.set_ylabel("% catalogue clips missed (title or offset wrong, or no answer)")
-    axis.set_title(f"Audio: miss vs false match, split {results['split']}")
+    axis.set_title(f"{results.get('grid', 'audio').capitalize()}: miss vs false match, "
+                   f"split {results['split']}")
     axis.grid(True, which="both", alpha=0.3)
     axis.legend(fontsize=8)
     det_png = stem.with_name(stem.name + "_det.png")
@@ -212,6 +226,8 @@ def plot(results: dict[str, Any], stem: Path) -> list[Path]:
     figure.tight_layout()
     figure.savefig(length_png, dpi=110)
     plt.close(figure)
+    if results.get("grid", "audio") != "audio":
+        return [det_png, length_png]
 
     figure, axes = plt.subplots(1, len(CURVE_DEGRADATIONS), figsize=(3 * len(CURVE_DEGRADATIONS),
                                                                     3.4), sharey=True)
@@ -262,7 +278,9 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
     errors = [abs(o.top["reference_start_s"] - (o.clip.reference_start_s
                                                 + o.top["query_start_s"] * o.clip.speed))
               for o in exact]
-    return {"threshold": threshold, "summary": grid.summarise(kept), "det": det(outcomes),
+    label = "footage" if clip_kind([o.clip for o in outcomes]) == "video" else "music"
+    return {"threshold": threshold, "summary": grid.summarise(kept, label),
+            "det": det(outcomes),
             "curve": curve_cells(thresholded(_outcomes(result["curve_outcomes"]), threshold)),
             "native_false_matches": sum(o.verdict == "false" for o in outcomes),
             "offset_error_median_s": round(float(np.median(errors)), 3) if errors else None,
@@ -286,11 +304,13 @@ SHORTFALL_NOTES = {
     "ingest": "clipmatch decodes with PyAV and computes two fingerprints (band descriptors and "
               "spectral peaks) in numpy; Chromaprint and Olaf are C. Not profiled yet; to "
               "close: profile ingest and move its hot loop out of Python.",
-    "index": "Chromaprint's figure is its raw fingerprint, searched exhaustively (no index): "
-             "its search time grows with the catalogue, while clipmatch's FAISS index does not "
-             "scan it.",
-    "latency": "Chromaprint's search is a brute-force scan of 6 h of fingerprint in numpy: "
-               "linear in the catalogue (issue 5 measures clipmatch at 1,000 h).",
+    "index": "Chromaprint and PDQ keep only their raw hashes (4 bytes per 0.12 s, 32 bytes "
+             "per frame) and search them exhaustively, so their search time grows with the "
+             "catalogue; clipmatch's FAISS indexes hold compressed codes plus an 8-byte id per "
+             "vector. To close: ids implied by position instead of stored, and fewer video "
+             "frames indexed inside held shots.",
+    "latency": "Chromaprint's search is a brute-force scan of the whole catalogue in numpy: "
+               "linear in its size (issue 5 measures clipmatch at 1,000 h).",
     "memory": "clipmatch's process holds NumPy, SciPy, librosa, FAISS and PyAV and caches "
               "reference fingerprints for verification; the anchors' C tools hold only their "
               "tables. To close: measure what the cache and the libraries take (issue 5).",
@@ -349,6 +369,13 @@ def shortfalls(results: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def left_out(results: dict[str, Any]) -> str:
+    if not results["left_out"]:
+        return ""
+    return (f" ({len(results['left_out'])} references PyAV cannot read left out with their "
+            f"clips, as in the grid: {', '.join(results['left_out'])})")
+
+
 def curve_lines(results: dict[str, Any], systems: list[dict[str, Any]]) -> list[str]:
     """The clip-length curve as a table: a row per degradation and system."""
     lengths = [f"{length:g}s" for length in CURVE_LENGTHS_S]
@@ -369,10 +396,11 @@ def render(results: dict[str, Any], relative_to_results: bool = True) -> str:
     plots) or to the repository root (BENCHMARKS.md)."""
     systems = [s for s in results["systems"] if "unavailable" not in s]
     names = " | ".join(s["label"] for s in systems)
-    lines = [f"### Audio anchors — split `{results['split']}`, {results['mode']} mode", "",
-             f"Same catalogue ({results['catalogue_tracks']} tracks) and clips as the audio "
-             f"grid, one run, one machine ({len(results['left_out'])} tracks PyAV cannot read "
-             f"left out with their clips, as in the grid: {', '.join(results['left_out'])}). "
+    kind = results.get("grid", "audio")
+    lines = [f"### {kind.capitalize()} anchors — split `{results['split']}`, "
+             f"{results['mode']} mode", "",
+             f"Same catalogue ({results['catalogue_tracks']} references) and clips as the {kind} "
+             f"grid, one run, one machine{left_out(results)}. "
              f"Cell = % title + offset right (±1 s). Anchors at the "
              f"score threshold letting ≤ {100 * FALSE_RATE:g} % of the "
              f"{results['negative_clips']} non-catalogue clips match (chosen on this run's "
@@ -390,7 +418,8 @@ def render(results: dict[str, Any], relative_to_results: bool = True) -> str:
                                                           cell["n"]))
             lines.append(f"| {degradation} | {' | '.join(cells)} |")
         lines.append("")
-    lines += curve_lines(results, systems)
+    if kind == "audio":
+        lines += curve_lines(results, systems)
     lines += [f"| cost | {names} |", "|---" * (len(systems) + 1) + "|"]
     rows = {
         "false matches at the threshold shown": lambda s: (
@@ -419,42 +448,42 @@ def render(results: dict[str, Any], relative_to_results: bool = True) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--grid", choices=sorted(SYSTEMS), default="audio",
+                        help="whose clips: the audio grid's (default) or the video grid's")
     parser.add_argument("--split", choices=sorted(clipsets.SEEDS), default="eval")
-    parser.add_argument("--quick", action="store_true", help="the audio grid's quick clips")
-    parser.add_argument("--systems", default=",".join(SYSTEMS),
-                        help=f"comma-separated, from {', '.join(SYSTEMS)}")
+    parser.add_argument("--quick", action="store_true", help="the grid's quick clips")
+    parser.add_argument("--systems", help="comma-separated; default: every system of the grid "
+                        f"({'; '.join(f'{g}: ' + ', '.join(n) for g, n in SYSTEMS.items())})")
     parser.add_argument("--audfprint", type=Path, help="source checkout of dpwe/audfprint")
     parser.add_argument("--olaf", type=Path, help="source checkout of JorenSix/Olaf")
     parser.add_argument("--write-md", action="store_true", help="regenerate BENCHMARKS.md")
     parser.add_argument("--rerender", action="store_true",
                         help="only redraw the tables and plots from the saved results JSON")
     args = parser.parse_args(argv)
-    stem = grid.RESULTS / (f"anchors_{args.split}" + ("_quick" if args.quick else ""))
+    stem = grid.RESULTS / ("anchors_" + ("video_" if args.grid == "video" else "")
+                           + args.split + ("_quick" if args.quick else ""))
     if args.rerender:
         publish(json.loads(stem.with_suffix(".json").read_text()), stem, args.write_md)
         return
-    _, catalogue, clips = grid.planned(args.split, args.quick)
+    catalogue, clips, curve = planned(args.grid, args.split, args.quick)
     unreadable = [t for t in catalogue if not readable(t.file)]
     catalogue = [t for t in catalogue if t not in unreadable]
     clips = [c for c in clips if c.track not in {t.key for t in unreadable}]
-    curve = clipsets.plan_curve(args.split, catalogue, CURVE_DEGRADATIONS, CURVE_LENGTHS_S,
-                                CURVE_PER_CELL[args.quick])
-    clipsets.materialise(curve)
     paths = {"audfprint": args.audfprint, "olaf": args.olaf}
     systems = []
-    for name in args.systems.split(","):
+    for name in (args.systems.split(",") if args.systems else SYSTEMS[args.grid]):
         print(f"anchors: running {name}", file=sys.stderr)
         with ProcessPoolExecutor(1) as worker:  # a fresh process: its own peak memory
             result = worker.submit(run_system, name, paths, catalogue, clips, curve).result()
         if "outcomes" in result:  # per-clip answers, git-ignored, to debug with
-            raw = grid.RESULTS / "raw" / f"anchors_{args.split}_{name}_clips.jsonl"
+            raw = grid.RESULTS / "raw" / f"{stem.name}_{name}_clips.jsonl"
             raw.parent.mkdir(exist_ok=True)
             raw.write_text("".join(json.dumps(o) + "\n" for o in result["outcomes"]))
         systems.append(result if "unavailable" in result
                        else {**{k: v for k, v in result.items()
                                 if k not in ("outcomes", "curve_outcomes")},
                              **summarise(result)})
-    results = {"split": args.split, "mode": "quick" if args.quick else "full",
+    results = {"grid": args.grid, "split": args.split, "mode": "quick" if args.quick else "full",
                "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
                "commit": grid.commit(), "machine": grid.machine(),
                "command": " ".join(["python -m benchmarks.anchor_grid", *(argv or sys.argv[1:])]),
@@ -462,6 +491,26 @@ def main(argv: list[str] | None = None) -> None:
                "left_out": [t.key for t in unreadable],
                "negative_clips": sum(c.role != "catalogue" for c in clips), "systems": systems}
     publish(results, stem, args.write_md)
+
+
+def planned(grid_name: str, split: str, quick: bool
+            ) -> tuple[list[Any], list[clipsets.Clip], list[clipsets.Clip]]:
+    """The catalogue, the grid's clips and (audio only) the length curve's clips, rendered."""
+    if grid_name == "video":
+        from benchmarks import video_grid
+        from benchmarks.corpus import fetch_package
+        from benchmarks.video_corpus import load_videos
+        from benchmarks.video_degrade import FONT
+
+        videos = load_videos()
+        clips = video_grid.plan(split, quick, videos)
+        video_grid.materialise(clips, fetch_package("fonts-nanum") / FONT)
+        return [v for v in videos if v.role == "catalogue"], clips, []
+    _, catalogue, clips = grid.planned(split, quick)
+    curve = clipsets.plan_curve(split, catalogue, CURVE_DEGRADATIONS, CURVE_LENGTHS_S,
+                                CURVE_PER_CELL[quick])
+    clipsets.materialise(curve)
+    return catalogue, clips, curve
 
 
 def publish(results: dict[str, Any], stem: Path, write_md: bool) -> None:

@@ -479,13 +479,13 @@ def write_benchmarks_md() -> None:
     if video.exists():
         results = json.loads(video.read_text())
         lines += ["## Video", "", "### This run", "", *run_notes(results), render(results)]
-    anchors = RESULTS / "anchors_eval.json"
-    if anchors.exists():
-        from benchmarks import anchor_grid
+    from benchmarks import anchor_grid
 
-        results = json.loads(anchors.read_text())
-        lines += ["## Audio against the anchors", "", "### This run", "", *run_notes(results),
-                  anchor_grid.render(results, relative_to_results=False)]
+    for kind, name in (("Audio", "anchors_eval.json"), ("Video", "anchors_video_eval.json")):
+        if (RESULTS / name).exists():
+            results = json.loads((RESULTS / name).read_text())
+            lines += [f"## {kind} against the anchors", "", "### This run", "",
+                      *run_notes(results), anchor_grid.render(results, relative_to_results=False)]
     BENCHMARKS_MD.write_text("\n".join(lines))
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,21 @@ def run_tool(command: Sequence[str | os.PathLike[str]], **kwargs: object
         raise RuntimeError(f"{' '.join(str(c) for c in command[:4])}... exited with "
                            f"{done.returncode}: {done.stderr.strip()[-2000:]}")
     return done
+
+
+def environment(requirements: Sequence[str]) -> Path:
+    """The anchors' own virtual environment (not clipmatch's) with ``requirements`` from PyPI
+    installed; returns its python. Each requirement is installed once."""
+    venv = ANCHOR_CACHE / "venv"
+    python = venv / "bin" / "python"
+    if not python.exists():
+        run_tool([sys.executable, "-m", "venv", venv])
+    missing = [r for r in requirements if not (venv / f".installed-{r}").exists()]
+    if missing:
+        run_tool([python, "-m", "pip", "install", "--quiet", *missing])
+        for requirement in missing:
+            (venv / f".installed-{requirement}").touch()
+    return python
 
 
 def checkout(path: Path | None, marker: str, how_to_get: str) -> Path:

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from pathlib import Path
 
-from benchmarks.anchors import ANCHOR_CACHE, Answer, checkout, run_tool
+from benchmarks.anchors import ANCHOR_CACHE, Answer, checkout, environment, run_tool
 from benchmarks.corpus import Track
 
 HOW_TO_GET = ("pass --audfprint PATH to a source checkout of https://github.com/dpwe/audfprint "
@@ -23,26 +22,13 @@ LINE = re.compile(r"Matched\s+([-\d.]+) s starting at\s+([-\d.]+) s in (.+) to t
                   r"in (.+) with\s+(\d+) of\s+(\d+) common hashes at rank\s+(\d+)")
 
 
-def environment() -> Path:
-    """A virtual environment with audfprint's requirements (PyPI), made once."""
-    venv = ANCHOR_CACHE / "venv"
-    python = venv / "bin" / "python"
-    if not python.exists():
-        run_tool([sys.executable, "-m", "venv", venv])
-    marker = venv / ".audfprint-requirements"
-    if not marker.exists():
-        run_tool([python, "-m", "pip", "install", "--quiet", *REQUIREMENTS])
-        marker.write_text(" ".join(REQUIREMENTS))
-    return python
-
-
 class Audfprint:
     name = "audfprint"
     label = "audfprint (n 70, F 8, shifts 4)"
 
     def __init__(self, source: Path | None) -> None:
         self.script = checkout(source, "audfprint.py", HOW_TO_GET) / "audfprint.py"
-        self.python = environment()
+        self.python = environment(REQUIREMENTS)
         self.work = ANCHOR_CACHE / "audfprint"
         self.work.mkdir(parents=True, exist_ok=True)
         self.dbase = self.work / "catalogue.pklz"

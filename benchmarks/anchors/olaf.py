@@ -8,8 +8,14 @@ import json
 import os
 from pathlib import Path
 
-from benchmarks.anchors import ANCHOR_CACHE, Answer, checkout, directory_bytes, run_tool
-from benchmarks.anchors.audfprint import environment
+from benchmarks.anchors import (
+    ANCHOR_CACHE,
+    Answer,
+    checkout,
+    directory_bytes,
+    environment,
+    run_tool,
+)
 from benchmarks.corpus import Track
 
 HOW_TO_GET = ("pass --olaf PATH to a source checkout of https://github.com/JorenSix/Olaf "
@@ -24,8 +30,7 @@ def build(checkout: Path) -> Path:
     binary = checkout / "zig-out" / "bin" / "olaf"
     if binary.exists():
         return binary
-    python = environment()
-    run_tool([python, "-m", "pip", "install", "--quiet", ZIG])
+    python = environment((ZIG,))
     run_tool([python, "-m", "ziglang", "build", "-Doptimize=ReleaseFast"], cwd=checkout)
     return binary
 
