@@ -37,6 +37,7 @@ bench: $(BENCH_INSTALLED) $(GENERATED)
 	$(PY) -m benchmarks.video_corpus
 	$(PY) -m benchmarks.video_grid --write-md
 	$(PY) -m benchmarks.anchor_grid --audfprint $(AUDFPRINT) --olaf $(OLAF) --write-md
+	$(PY) -m benchmarks.anchor_grid --grid video --write-md
 
 bench-quick: $(BENCH_INSTALLED) $(GENERATED)
 	bash benchmarks/setup.sh
@@ -47,10 +48,14 @@ bench-quick: $(BENCH_INSTALLED) $(GENERATED)
 bench-anchors: $(BENCH_INSTALLED) $(GENERATED)
 	bash benchmarks/setup.sh
 	$(PY) -m benchmarks.anchor_grid --audfprint $(AUDFPRINT) --olaf $(OLAF) --write-md
+	$(PY) -m benchmarks.video_corpus
+	$(PY) -m benchmarks.anchor_grid --grid video --write-md
 
 bench-anchors-quick: $(BENCH_INSTALLED) $(GENERATED)
 	bash benchmarks/setup.sh
 	$(PY) -m benchmarks.anchor_grid --quick --audfprint $(AUDFPRINT) --olaf $(OLAF)
+	$(PY) -m benchmarks.video_corpus
+	$(PY) -m benchmarks.anchor_grid --grid video --quick
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)

@@ -56,7 +56,7 @@ class Pdq:
     label = "PDQ per frame + offset vote"
 
     def __init__(self) -> None:
-        self.python = environment(("pdqhash",))
+        self.python = environment(("numpy", "pdqhash"))
         self.keys: list[str] = []
         self.hashes = np.zeros((0, 32), np.uint8)
         self.owner = np.zeros(0, np.int64)
