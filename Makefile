@@ -32,7 +32,7 @@ lint: $(INSTALLED) $(GENERATED)
 proto: $(GENERATED)
 
 bench: $(BENCH_INSTALLED) $(GENERATED)
-	bash benchmarks/setup.sh
+	bash benchmarks/setup.sh anchors
 	$(PY) -m benchmarks.audio_grid --write-md
 	$(PY) -m benchmarks.video_corpus
 	$(PY) -m benchmarks.video_grid --write-md
@@ -46,13 +46,13 @@ bench-quick: $(BENCH_INSTALLED) $(GENERATED)
 	$(PY) -m benchmarks.video_grid --quick
 
 bench-anchors: $(BENCH_INSTALLED) $(GENERATED)
-	bash benchmarks/setup.sh
+	bash benchmarks/setup.sh anchors
 	$(PY) -m benchmarks.anchor_grid --audfprint $(AUDFPRINT) --olaf $(OLAF) --write-md
 	$(PY) -m benchmarks.video_corpus
 	$(PY) -m benchmarks.anchor_grid --grid video --write-md
 
 bench-anchors-quick: $(BENCH_INSTALLED) $(GENERATED)
-	bash benchmarks/setup.sh
+	bash benchmarks/setup.sh anchors
 	$(PY) -m benchmarks.anchor_grid --quick --audfprint $(AUDFPRINT) --olaf $(OLAF)
 	$(PY) -m benchmarks.video_corpus
 	$(PY) -m benchmarks.anchor_grid --grid video --quick

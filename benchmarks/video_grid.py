@@ -117,6 +117,13 @@ def plan(split: str, quick: bool, videos: list[Video]) -> list[Clip]:
                  NEGATIVE_DEGRADATIONS, PER_CELL[quick], NEGATIVES_PER_LENGTH[quick])
 
 
+def plan_curve(split: str, videos: list[Video], rows: tuple[str, ...],
+               lengths: tuple[float, ...], per_cell: int) -> list[Clip]:
+    """Catalogue clips for a clip-length curve, drawn apart from ``plan``'s (own seed);
+    no negatives: the grid's set the operating points."""
+    return _plan(split, SEEDS[split] + 1000, videos, lengths, rows, (), per_cell, 0)
+
+
 def plan_fusion(split: str, quick: bool, videos: list[Video]) -> list[Clip]:
     """Clips with sound for the fusion rows, drawn apart from ``plan``'s (own seed)."""
     rows = tuple(FUSION_ROWS)

@@ -1,5 +1,8 @@
 """audfprint (Dan Ellis's landmark matcher) as an anchor, from a source checkout of
-dpwe/audfprint, run by its own command line in a virtual environment of its dependencies.
+dpwe/audfprint, in a virtual environment of its dependencies: its command line builds the
+database (on every core); clips are matched by a worker that sets audfprint up from the same
+command-line options (its own ``setup_analyzer`` and ``setup_matcher``) and loads the database
+once, as a service built on audfprint would.
 
 Its denser setting is used (``--density 70 --fanout 8`` on both sides, ``--shifts 4`` at
 query time): research/audio.md measured it well above the default on short clips."""
@@ -10,7 +13,7 @@ import os
 import re
 from pathlib import Path
 
-from benchmarks.anchors import ANCHOR_CACHE, Answer, checkout, environment, run_tool
+from benchmarks.anchors import ANCHOR_CACHE, Answer, Worker, checkout, environment, run_tool
 from benchmarks.corpus import Track
 
 HOW_TO_GET = ("pass --audfprint PATH to a source checkout of https://github.com/dpwe/audfprint "
@@ -18,6 +21,20 @@ HOW_TO_GET = ("pass --audfprint PATH to a source checkout of https://github.com/
 REQUIREMENTS = ("numpy", "scipy", "docopt", "joblib", "psutil")
 DENSITY = ("--density", "70", "--fanout", "8")
 ANSWERS = 5
+MATCHER = """
+import json, sys
+replies, sys.stdout = sys.stdout, sys.stderr  # audfprint prints progress to stdout
+sys.path.insert(0, sys.argv[1])
+import audfprint, docopt, hash_table
+args = docopt.docopt(audfprint.USAGE, argv=sys.argv[2:])
+args["--maxtimebits"] = hash_table._bitsfor(int(args["--maxtime"]))
+analyzer, matcher = audfprint.setup_analyzer(args), audfprint.setup_matcher(args)
+table = hash_table.HashTable(args["--dbase"])
+for line in sys.stdin:
+    msgs = matcher.file_match_to_msgs(analyzer, table, line.rstrip("\\n"))
+    replies.write(json.dumps(msgs) + "\\n")
+    replies.flush()
+"""
 LINE = re.compile(r"Matched\s+([-\d.]+) s starting at\s+([-\d.]+) s in (.+) to time\s+([-\d.]+) s "
                   r"in (.+) with\s+(\d+) of\s+(\d+) common hashes at rank\s+(\d+)")
 
@@ -27,7 +44,9 @@ class Audfprint:
     label = "audfprint (n 70, F 8, shifts 4)"
 
     def __init__(self, source: Path | None) -> None:
-        self.script = checkout(source, "audfprint.py", HOW_TO_GET) / "audfprint.py"
+        self.source = checkout(source, "audfprint.py", HOW_TO_GET)
+        self.script = self.source / "audfprint.py"
+        self.matcher: Worker | None = None
         self.python = environment(REQUIREMENTS)
         self.work = ANCHOR_CACHE / "audfprint"
         self.work.mkdir(parents=True, exist_ok=True)
@@ -50,19 +69,19 @@ class Audfprint:
     def index_bytes(self) -> int:
         return self.dbase.stat().st_size
 
-    def match(self, paths: list[str]) -> dict[str, list[Answer]]:
-        out = self.work / "matches.txt"
-        run_tool([self.python, self.script, "match", "--dbase", self.dbase, *DENSITY,
-                  "--shifts", "4", "--find-time-range", "--max-matches", str(ANSWERS),
-                  "--ncores", self.cores, "--verbose", "1", "--opfile", out,
-                  "--list", self._list("queries.list", paths)])
-        found: dict[str, list[Answer]] = {str(Path(p).resolve()): [] for p in paths}
-        for line in out.read_text().splitlines():
+    def match(self, path: str) -> list[Answer]:
+        if self.matcher is None:
+            self.matcher = Worker(self.python, MATCHER, str(self.source), "match", "--dbase",
+                                  str(self.dbase), *DENSITY, "--shifts", "4",
+                                  "--find-time-range", "--max-matches", str(ANSWERS),
+                                  "--verbose", "1")
+        found = []
+        for line in self.matcher.ask(str(Path(path).resolve())):
             hit = LINE.search(line)
             if hit is None:
                 continue
-            _, query_start, query, reference_time, reference, aligned, _, _ = hit.groups()
-            if query in found and reference in self.keys:
-                found[query].append(Answer(self.keys[reference], float(aligned),
-                                           float(query_start), float(reference_time)))
-        return {p: found[str(Path(p).resolve())] for p in paths}
+            _, query_start, _, reference_time, reference, aligned, _, _ = hit.groups()
+            if reference in self.keys:
+                found.append(Answer(self.keys[reference], float(aligned), float(query_start),
+                                    float(reference_time)))
+        return found

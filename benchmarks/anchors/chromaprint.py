@@ -56,12 +56,9 @@ class Chromaprint:
         self.owner = np.zeros(0, np.int64)
         self.first = np.zeros(0, np.int64)
 
-    def _fingerprints(self, paths: list[str]) -> list[np.ndarray]:
-        with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-            return list(pool.map(lambda p: fpcalc(self.tool, self.env, p), paths))
-
     def ingest(self, tracks: list[Track]) -> None:
-        prints = self._fingerprints([str(t.file) for t in tracks])
+        with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+            prints = list(pool.map(lambda t: fpcalc(self.tool, self.env, str(t.file)), tracks))
         self.keys = [t.key for t in tracks]
         self.items = np.concatenate(prints)
         self.owner = np.repeat(np.arange(len(prints)), [len(p) for p in prints])
@@ -70,9 +67,8 @@ class Chromaprint:
     def index_bytes(self) -> int:
         return self.items.nbytes
 
-    def match(self, paths: list[str]) -> dict[str, list[Answer]]:
-        return dict(zip(paths, (self._search(q) for q in self._fingerprints(paths)),
-                        strict=True))
+    def match(self, path: str) -> list[Answer]:
+        return self._search(fpcalc(self.tool, self.env, path))
 
     def _search(self, query: np.ndarray) -> list[Answer]:
         """1 - bit error rate at every offset where the clip lies inside one reference; the

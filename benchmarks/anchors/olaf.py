@@ -67,18 +67,17 @@ class Olaf:
     def index_bytes(self) -> int:
         return directory_bytes(self.db)
 
-    def match(self, paths: list[str]) -> dict[str, list[Answer]]:
-        found: dict[str, list[Answer]] = {str(Path(p).resolve()): [] for p in paths}
-        for start in range(0, len(paths), 200):  # bounded command lines
-            batch = [str(Path(p).resolve()) for p in paths[start:start + 200]]
-            for row in csv.reader(self._run("query", *batch).splitlines()):
-                if len(row) != 11:
-                    continue
-                fields = [f.strip() for f in row]
-                query, count, reference = fields[2], fields[4], fields[7]
-                if not count.isdigit() or int(count) == 0 or reference not in self.keys:
-                    continue
-                if query in found:
-                    found[query].append(Answer(self.keys[reference], float(count),
-                                               float(fields[5]), float(fields[9])))
-        return {p: found[str(Path(p).resolve())] for p in paths}
+    def match(self, path: str) -> list[Answer]:
+        """One ``olaf query`` per clip, as Olaf is used: its command line is its interface,
+        so the time includes Olaf starting and opening its database."""
+        query = str(Path(path).resolve())
+        found = []
+        for row in csv.reader(self._run("query", query).splitlines()):
+            fields = [f.strip() for f in row]
+            if len(fields) != 11 or fields[2] != query:
+                continue
+            count, reference = fields[4], fields[7]
+            if count.isdigit() and int(count) > 0 and reference in self.keys:
+                found.append(Answer(self.keys[reference], float(count), float(fields[5]),
+                                    float(fields[9])))
+        return found

@@ -5,12 +5,9 @@ the matcher a PDQ user writes, as the issue asks."""
 
 from __future__ import annotations
 
-import subprocess
-from pathlib import Path
-
 import numpy as np
 
-from benchmarks.anchors import Answer, environment, run_tool
+from benchmarks.anchors import Answer, Worker, environment, hamming
 from benchmarks.corpus import MediaFile
 from fingerprint.decode import VIDEO_FRAME_RATE
 
@@ -22,33 +19,36 @@ OFFSET_BIN_S = 0.25
 WIDTH = 256
 ANSWERS = 5
 HASHER = """
-import sys, numpy as np, pdqhash
-width, height = int(sys.argv[1]), int(sys.argv[2])
-raw = sys.stdin.buffer.read()
-frames = np.frombuffer(raw, np.uint8).reshape(-1, height, width, 3)
-out = []
-for frame in frames:
-    bits, quality = pdqhash.compute(np.ascontiguousarray(frame))
-    out.append(np.concatenate([np.packbits(bits.astype(np.uint8)), [min(quality, 255)]]))
-sys.stdout.buffer.write(np.asarray(out, np.uint8).tobytes())
+import json, subprocess, sys
+import numpy as np, pdqhash
+rate, width = float(sys.argv[1]), int(sys.argv[2])
+for line in sys.stdin:
+    path = line.rstrip("\\n")
+    size = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries",
+                           "stream=width,height", "-of", "csv=p=0", path], capture_output=True,
+                          text=True, check=True).stdout.split(",")
+    height = max(2, round(int(size[1].split()[0]) * width / int(size[0]) / 2) * 2)
+    raw = subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", path, "-an", "-vf",
+                          f"fps={rate:g},scale={width}:{height}", "-f", "rawvideo", "-pix_fmt",
+                          "rgb24", "-"], capture_output=True, check=True).stdout
+    hashes, quality = [], []
+    for frame in np.frombuffer(raw, np.uint8).reshape(-1, height, width, 3):
+        bits, q = pdqhash.compute(np.ascontiguousarray(frame))
+        hashes.append(np.packbits(bits.astype(np.uint8)))
+        quality.append(int(q))
+    print(json.dumps({"hashes": np.asarray(hashes, np.uint8).tobytes().hex(),
+                      "quality": quality}), flush=True)
 """
 
 
-def frames_hashed(python: Path, path: str) -> tuple[np.ndarray, np.ndarray]:
+def frames_hashed(hasher: Worker, path: str) -> tuple[np.ndarray, np.ndarray]:
     """(packed hashes [n, 32] uint8, frame times) of the frames PDQ rates good enough."""
-    probe = run_tool(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries",
-                      "stream=width,height", "-of", "csv=p=0", path]).stdout.split(",")
-    width, height = int(probe[0]), int(probe[1].split()[0])
-    out_h = max(2, round(height * WIDTH / width / 2) * 2)
-    raw = subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", path, "-an", "-vf",
-                          f"fps={VIDEO_FRAME_RATE:g},scale={WIDTH}:{out_h}", "-f", "rawvideo",
-                          "-pix_fmt", "rgb24", "-"], capture_output=True, check=True).stdout
-    hashed = subprocess.run([str(python), "-c", HASHER, str(WIDTH), str(out_h)], input=raw,
-                            capture_output=True, check=True).stdout
-    rows = np.frombuffer(hashed, np.uint8).reshape(-1, 33)
+    reply = hasher.ask(path)
+    rows = np.frombuffer(bytes.fromhex(reply["hashes"]), np.uint8).reshape(-1, 32)
+    quality = np.asarray(reply["quality"], np.int64)
     times = np.arange(len(rows)) / VIDEO_FRAME_RATE
-    good = rows[:, 32] >= MIN_QUALITY
-    return rows[good, :32], times[good]
+    good = quality >= MIN_QUALITY
+    return rows[good], times[good]
 
 
 class Pdq:
@@ -56,14 +56,15 @@ class Pdq:
     label = "PDQ per frame + offset vote"
 
     def __init__(self) -> None:
-        self.python = environment(("numpy", "pdqhash"))
+        self.hasher = Worker(environment(("numpy", "pdqhash")), HASHER,
+                             f"{VIDEO_FRAME_RATE:g}", str(WIDTH))
         self.keys: list[str] = []
         self.hashes = np.zeros((0, 32), np.uint8)
         self.owner = np.zeros(0, np.int64)
         self.times = np.zeros(0)
 
     def ingest(self, videos: list[MediaFile]) -> None:
-        parts = [frames_hashed(self.python, str(v.file)) for v in videos]
+        parts = [frames_hashed(self.hasher, str(v.file)) for v in videos]
         self.keys = [v.key for v in videos]
         self.hashes = np.concatenate([h for h, _ in parts])
         self.times = np.concatenate([t for _, t in parts])
@@ -72,15 +73,15 @@ class Pdq:
     def index_bytes(self) -> int:
         return self.hashes.nbytes
 
-    def match(self, paths: list[str]) -> dict[str, list[Answer]]:
-        return {path: self._search(*frames_hashed(self.python, path)) for path in paths}
+    def match(self, path: str) -> list[Answer]:
+        return self._search(*frames_hashed(self.hasher, path))
 
     def _search(self, hashes: np.ndarray, times: np.ndarray) -> list[Answer]:
         """Votes of every (query frame, reference frame) pair within MATCH_DISTANCE for the
         reference and offset bin they imply; the fullest bin per reference answers."""
         if len(hashes) == 0 or len(self.hashes) == 0:
             return []
-        distance = np.bitwise_count(hashes[:, None, :] ^ self.hashes[None, :, :]).sum(axis=2)
+        distance = hamming(hashes, self.hashes)
         q, r = np.nonzero(distance <= MATCH_DISTANCE)
         if len(q) == 0:
             return []
