@@ -38,12 +38,14 @@ bench: $(BENCH_INSTALLED) $(GENERATED)
 	$(PY) -m benchmarks.video_grid --write-md
 	$(PY) -m benchmarks.anchor_grid --audfprint $(AUDFPRINT) --olaf $(OLAF) --write-md
 	$(PY) -m benchmarks.anchor_grid --grid video --write-md
+	$(PY) -m benchmarks.ingest_scaling --write-md
 
 bench-quick: $(BENCH_INSTALLED) $(GENERATED)
 	bash benchmarks/setup.sh
 	$(PY) -m benchmarks.audio_grid --quick
 	$(PY) -m benchmarks.video_corpus
 	$(PY) -m benchmarks.video_grid --quick
+	$(PY) -m benchmarks.ingest_scaling --quick
 
 bench-anchors: $(BENCH_INSTALLED) $(GENERATED)
 	bash benchmarks/setup.sh anchors

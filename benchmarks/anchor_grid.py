@@ -33,7 +33,7 @@ import numpy as np
 from benchmarks import audio_grid as grid
 from benchmarks import clips as clipsets
 from benchmarks.anchors import AnchorUnavailable, Answer
-from benchmarks.corpus import Track
+from benchmarks.corpus import Track, readable
 
 FALSE_RATE = 0.01
 CURVE_ROWS = {"audio": ("noise_0db", "speech_0db", "reverb", "speed_+5", "pitch_+1"),
@@ -75,18 +75,6 @@ class Clipmatch:
     def match(self, path: str) -> list[Answer]:
         return [Answer(m.title, m.score, m.query_start_s, m.reference_start_s)
                 for m in self.catalog.match_media(path)]
-
-
-def readable(path: Path) -> bool:
-    """Whether PyAV (clipmatch's decoder) opens the file: the audio grid leaves out the
-    tracks it cannot (tracker modules), and so does this comparison, for every system."""
-    import av
-
-    try:
-        with av.open(str(path)):
-            return True
-    except av.error.FFmpegError:
-        return False
 
 
 def clip_kind(clips: list[clipsets.Clip]) -> str:

@@ -488,6 +488,14 @@ def write_benchmarks_md() -> None:
             results = json.loads((RESULTS / name).read_text())
             lines += [f"## {kind} against the anchors", "", "### This run", "",
                       *run_notes(results), anchor_grid.render(results, relative_to_results=False)]
+    scaling = RESULTS / "ingest_scaling.json"
+    if scaling.exists():
+        from benchmarks import ingest_scaling
+
+        results = json.loads(scaling.read_text())
+        lines += ["## Ingest on one core and on all", "", ingest_scaling.__doc__.split("\n\n")[0]
+                  .replace("\n", " "), "", "### This run", "", *run_notes(results),
+                  ingest_scaling.render(results)]
     BENCHMARKS_MD.write_text("\n".join(lines))
 
 

@@ -279,6 +279,17 @@ def main() -> None:
                                                "variant_groups")}, indent=1))
 
 
+def readable(path: Path) -> bool:
+    """Whether PyAV (clipmatch's decoder) opens the file: the grids leave out the tracks it
+    cannot (tracker modules), and so does every comparison, for every system."""
+    import av
+
+    try:
+        with av.open(str(path)):
+            return True
+    except av.error.FFmpegError:
+        return False
+
+
 if __name__ == "__main__":
     main()
-

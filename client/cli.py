@@ -11,6 +11,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,6 +21,13 @@ from client.sdk import ClipmatchClient, ClipmatchError, default_target
 from server import options as server_options
 
 FileAction = Callable[[ClipmatchClient, str], dict[str, Any]]
+DEFAULT_JOBS = 4
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
 
 
 def _rounded(value: Any, digits: int = 3) -> Any:
@@ -51,27 +59,58 @@ def _report_error(error: ClipmatchError, as_json: bool, path: str | None = None)
         tqdm.write(f"{prefix}error {error.code}: {error.message}", file=sys.stderr)
 
 
+MEDIA_SUFFIXES = frozenset({
+    ".aac", ".ac3", ".aif", ".aiff", ".amr", ".avi", ".flac", ".flv", ".m2ts", ".m4a", ".m4v",
+    ".mka", ".mkv", ".mov", ".mp2", ".mp3", ".mp4", ".mpeg", ".mpg", ".mts", ".oga", ".ogg",
+    ".ogv", ".opus", ".ts", ".wav", ".webm", ".wma", ".wmv", ".3gp"})
+"""What a folder given to ``register`` or ``match`` is searched for (files named one by one
+are always sent: the server says if one is not media)."""
+
+
+def expand(paths: Sequence[str]) -> list[str]:
+    """The files to send: each file as given, and for each folder the media files anywhere
+    under it (by name, hidden ones skipped), sorted, so a catalogue folder is one argument."""
+    found: list[str] = []
+    for path in paths:
+        if not os.path.isdir(path):
+            found.append(path)
+            continue
+        for folder, subfolders, files in os.walk(path):
+            subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+            found += [os.path.join(folder, name) for name in sorted(files)
+                      if not name.startswith(".")
+                      and os.path.splitext(name)[1].lower() in MEDIA_SUFFIXES]
+    return found
+
+
 def _for_each_file(client: ClipmatchClient, paths: Sequence[str], action: FileAction,
-                   render: Callable[[str, dict[str, Any]], str], as_json: bool) -> int:
-    """Run ``action`` on each path and print one line (or one per match) for it.
+                   render: Callable[[str, dict[str, Any]], str], as_json: bool,
+                   jobs: int = 1) -> int:
+    """Run ``action`` on each path, ``jobs`` at a time, and print one line (or one per
+    match) for each, in the order given.
 
     A failing file is reported and the rest still run; the exit code is 1 if any failed.
-    An unreachable server stops the loop, since every other file would fail the same way.
+    An unreachable server stops the run, since every other file would fail the same way.
     """
     failed = False
     show_progress = len(paths) > 1 and sys.stderr.isatty()
-    for path in tqdm(paths, file=sys.stderr, unit="file", disable=not show_progress,
-                     leave=False):
-        try:
-            result = action(client, path)
-        except ClipmatchError as error:
-            _report_error(error, as_json, path)
-            if error.code == "UNAVAILABLE":
-                return 1
-            failed = True
-            continue
-        tqdm.write(_json_line({"path": path, **result}) if as_json else render(path, result),
-                   file=sys.stdout)
+    with ThreadPoolExecutor(max(1, jobs)) as pool:
+        futures = {pool.submit(action, client, path): path for path in paths}
+        for future in tqdm(futures, file=sys.stderr, unit="file", disable=not show_progress,
+                           leave=False):
+            path = futures[future]
+            try:
+                result = future.result()
+            except ClipmatchError as error:
+                _report_error(error, as_json, path)
+                if error.code == "UNAVAILABLE":
+                    for pending in futures:
+                        pending.cancel()
+                    return 1
+                failed = True
+                continue
+            tqdm.write(_json_line({"path": path, **result}) if as_json
+                       else render(path, result), file=sys.stdout)
     return 1 if failed else 0
 
 
@@ -123,11 +162,12 @@ def _render_reference(ref: dict[str, Any]) -> str:
 
 
 def _cmd_register(client: ClipmatchClient, args: argparse.Namespace) -> int:
-    return _for_each_file(client, args.paths, _register(args), _render_registered, args.json)
+    return _for_each_file(client, args.files, _register(args), _render_registered, args.json,
+                          args.jobs)
 
 
 def _cmd_match(client: ClipmatchClient, args: argparse.Namespace) -> int:
-    return _for_each_file(client, args.paths, _match, _render_matches, args.json)
+    return _for_each_file(client, args.files, _match, _render_matches, args.json, args.jobs)
 
 
 def _cmd_list(client: ClipmatchClient, args: argparse.Namespace) -> int:
@@ -163,7 +203,7 @@ def _cmd_health(client: ClipmatchClient, args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from server.app import serve  # the index and its dependencies load only for this command
 
-    serve(args.data_dir, args.listen)
+    serve(args.data_dir, args.listen, ingest_processes=args.ingest_processes)
     return 0
 
 
@@ -179,22 +219,26 @@ def build_parser() -> argparse.ArgumentParser:
                         help=server_help)
     as_json = argparse.ArgumentParser(add_help=False)
     as_json.add_argument("--json", action="store_true", help="one JSON object per line")
+    batch = argparse.ArgumentParser(add_help=False)
+    batch.add_argument("paths", nargs="+", metavar="PATH",
+                       help="media files, or folders to search for media files")
+    batch.add_argument("--jobs", type=_positive, default=DEFAULT_JOBS, metavar="N",
+                       help=f"files sent at once (default {DEFAULT_JOBS}; the server "
+                            "fingerprints them on all its cores)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the server in the foreground")
     server_options.add_arguments(serve)
 
-    register = commands.add_parser("register", parents=[remote, as_json],
+    register = commands.add_parser("register", parents=[remote, as_json, batch],
                                    help="register reference media files")
-    register.add_argument("paths", nargs="+", metavar="PATH")
     register.add_argument("--title", help="title (one file only; default: the file name)")
     register.add_argument("--external-id", default="", metavar="ID",
                           help="your own identifier for the reference")
     register.set_defaults(run=_cmd_register)
 
-    match = commands.add_parser("match", parents=[remote, as_json],
+    match = commands.add_parser("match", parents=[remote, as_json, batch],
                                 help="identify clips against the catalogue")
-    match.add_argument("paths", nargs="+", metavar="PATH")
     match.set_defaults(run=_cmd_match)
 
     listing = commands.add_parser("list", parents=[remote, as_json],
@@ -219,7 +263,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _cmd_serve(args)
-    if args.command == "register" and args.title and len(args.paths) > 1:
+    if args.command in ("register", "match"):
+        args.files = expand(args.paths)
+        if not args.files:
+            parser.error(f"no media files in {', '.join(args.paths)} (looked for names ending "
+                         "in .mp4, .mkv, .mp3, .ogg, .wav and the like)")
+    if args.command == "register" and args.title and len(args.files) > 1:
         parser.error("--title applies to a single file; register several files without it")
     with ClipmatchClient(args.server) as client:
         try:

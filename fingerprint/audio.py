@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+import scipy.fft
 from scipy.ndimage import maximum_filter, uniform_filter
 
 from fingerprint.decode import SAMPLE_RATE
@@ -124,12 +125,14 @@ def band_frames(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> BandFram
     frames = np.lib.stride_tricks.as_strided(
         samples, shape=(n_frames, N_FFT), strides=(samples.strides[0] * HOP, samples.strides[0]))
     window = np.hanning(N_FFT).astype(np.float32)
+    filters = _filterbank()
+    bins = int(np.flatnonzero(filters.any(axis=1))[-1]) + 1  # the bands end at 1.6 kHz
     power = np.empty((n_frames, N_BANDS), dtype=np.float32)
     block = 2048  # bounded memory for long references
     for start in range(0, n_frames, block):
-        spectrum = np.fft.rfft(frames[start:start + block] * window, axis=1)
-        energy = (spectrum.real**2 + spectrum.imag**2).astype(np.float32)
-        power[start:start + block] = energy @ _filterbank()
+        spectrum = scipy.fft.rfft(frames[start:start + block] * window, axis=1)[:, :bins]
+        energy = spectrum.real**2 + spectrum.imag**2
+        power[start:start + block] = energy @ filters[:bins]
     scale = 4.0 / float(window.sum()) ** 2  # full-scale sine -> 0 dB
     return BandFrames(10.0 * np.log10(power * scale + 1e-12))
 

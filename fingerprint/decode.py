@@ -10,14 +10,11 @@ from __future__ import annotations
 import io
 import os
 from dataclasses import dataclass
-from functools import lru_cache
-from math import gcd
 from pathlib import Path
 
 import av
 import cv2
 import numpy as np
-from scipy.signal import firwin, resample_poly
 
 SAMPLE_RATE = 8000
 """Fingerprints only use bands up to 1.6 kHz, so 8 kHz keeps every useful band and decodes fast."""
@@ -117,7 +114,7 @@ def decode_media(source: MediaSource, *, audio: bool = True, video: bool = True,
                     if isinstance(frame, av.AudioFrame):
                         if resampler is None:
                             resampler = _BlockResampler(frame.sample_rate, sample_rate)
-                        resampler.push(_mono(frame))
+                        resampler.push(frame)
                     elif sampler is not None:
                         sampler.push(frame)
         except MediaError:
@@ -283,72 +280,73 @@ def _grey(frame: av.VideoFrame, width: int, height: int) -> np.ndarray:
     return grey if full else _STUDIO_TO_FULL[grey]
 
 
-def _mono(frame: av.AudioFrame) -> np.ndarray:
-    """Average the channels of any sample format to float32 in [-1, 1].
+SAMPLE_DTYPES = {"u8": np.uint8, "s16": np.int16, "s32": np.int32, "flt": np.float32,
+                 "dbl": np.float64, "s64": np.int64}
+"""FFmpeg's sample formats (the planar ones end in "p") as NumPy types."""
 
-    Called once per codec frame (tens of thousands per track), so it avoids NumPy's
-    slower generic reductions."""
-    data = frame.to_ndarray()
-    channels = len(frame.layout.channels)
-    if not frame.format.is_planar:
-        data = data.reshape(-1, channels).T
-    if np.issubdtype(data.dtype, np.integer):
+
+def _to_mono(planes: list[np.ndarray], planar: bool, channels: int) -> np.ndarray:
+    """Average the channels of decoded samples (one array per plane) to float32 in [-1, 1]."""
+    data = np.stack(planes) if planar else planes[0].reshape(-1, channels).T
+    if data.dtype == np.uint8:  # offset binary
+        data = (data.astype(np.float32) - 128.0) / 128.0
+    elif np.issubdtype(data.dtype, np.integer):
         data = data.astype(np.float32) / (float(np.iinfo(data.dtype).max) + 1.0)
-    if channels == 1:
-        return data[0].astype(np.float32, copy=False)
-    if channels == 2:
-        return ((data[0] + data[1]) * 0.5).astype(np.float32, copy=False)
-    return data.mean(axis=0, dtype=np.float32)
-
-
-@lru_cache(maxsize=16)
-def _lowpass(up: int, down: int) -> np.ndarray:
-    """The anti-aliasing filter resample_poly would design on every call (its default)."""
-    rate = max(up, down)
-    return firwin(2 * 10 * rate + 1, 1.0 / rate, window=("kaiser", 5.0))
+    return data.mean(axis=0, dtype=np.float32) if channels > 1 else data[0].astype(np.float32)
 
 
 class _BlockResampler:
-    """Polyphase resampling in blocks, each computed with CONTEXT input samples of real
-    signal on both sides so that the joins are seamless."""
+    """Codec frames gathered into blocks, mixed to mono and resampled by FFmpeg's
+    libswresample (streaming, so blocks join seamlessly). A track has tens of thousands of
+    codec frames, and per frame any NumPy or PyAV call costs more than its samples' share
+    of the work: a frame only has its planes viewed; a block (2**16 samples) is converted."""
 
-    BLOCK = 1 << 18
+    BLOCK = 1 << 16
 
     def __init__(self, rate_in: int, rate_out: int) -> None:
-        g = gcd(rate_in, rate_out)
-        self.up, self.down = rate_out // g, rate_in // g
-        self.context = self.down * max(1, 4096 // self.down + 1)
-        self.pending: list[np.ndarray] = []
+        self.rate_in = rate_in
+        self._swr = (None if rate_in == rate_out
+                     else av.AudioResampler(format="flt", layout="mono", rate=rate_out))
+        self.pending: list[list[np.ndarray]] = []
         self.pending_size = 0
-        self.buffer = np.zeros(0, np.float32)
-        self.emitted_from = 0  # input index (within buffer) of the next output to emit
+        self.layout: tuple[str, int] | None = None  # sample format and channels of pending
         self.out: list[np.ndarray] = []
 
-    def push(self, samples: np.ndarray) -> None:
-        self.pending.append(samples)
-        self.pending_size += samples.size
+    def push(self, frame: av.AudioFrame) -> None:
+        name = frame.format.name
+        layout = (name, frame.layout.nb_channels)
+        if layout != self.layout:
+            if self.pending:
+                self._process()
+            self.layout = layout
+        count = frame.samples * (1 if name.endswith("p") else layout[1])
+        dtype = SAMPLE_DTYPES[name.rstrip("p")]
+        self.pending.append([np.frombuffer(plane, dtype, count) for plane in frame.planes])
+        self.pending_size += frame.samples
         if self.pending_size >= self.BLOCK:
-            self._process(final=False)
+            self._process()
 
-    def _process(self, final: bool) -> None:
-        self.buffer = np.concatenate([self.buffer, *self.pending])
+    def _process(self) -> None:
+        assert self.layout is not None
+        name, channels = self.layout
+        planar = name.endswith("p")
+        planes = [np.concatenate(p) for p in zip(*self.pending, strict=True)]
+        block = _to_mono(planes, planar, channels)
         self.pending, self.pending_size = [], 0
-        if self.up == self.down:
-            self.out.append(self.buffer[self.emitted_from:].copy())
-            self.buffer, self.emitted_from = np.zeros(0, np.float32), 0
+        if self._swr is None:
+            self.out.append(block)
             return
-        end = self.buffer.size if final else (
-            (self.buffer.size - self.context) // self.down * self.down)
-        if end <= self.emitted_from:
-            return
-        resampled = resample_poly(self.buffer, self.up, self.down,
-                                  window=_lowpass(self.up, self.down)).astype(np.float32)
-        first, last = self.emitted_from * self.up // self.down, -(-end * self.up // self.down)
-        self.out.append(resampled[first:last])
-        keep_from = max(0, (end - self.context) // self.down * self.down)
-        self.buffer = self.buffer[keep_from:]
-        self.emitted_from = end - keep_from
+        frame = av.AudioFrame.from_ndarray(block[None, :], format="flt", layout="mono")
+        frame.sample_rate = self.rate_in
+        self._resample(frame)
+
+    def _resample(self, frame: av.AudioFrame | None) -> None:
+        assert self._swr is not None
+        self.out += [f.to_ndarray()[0] for f in self._swr.resample(frame)]
 
     def finish(self) -> np.ndarray:
-        self._process(final=True)
+        if self.pending:
+            self._process()
+        if self._swr is not None:
+            self._resample(None)  # the samples still in the filter
         return np.concatenate(self.out) if self.out else np.zeros(0, np.float32)

@@ -14,8 +14,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import multiprocessing
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -32,7 +35,7 @@ from index.store import DuplicateError, Fingerprints, NotFoundError, Reference, 
 from index.vectors import EXACT_FACTORY, VectorIndex, needs_training
 
 __all__ = ["Catalog", "DuplicateError", "Match", "MatchParams", "MediaError", "NotFoundError",
-           "Query", "Reference", "fingerprint_media"]
+           "Query", "Reference", "fingerprint_media", "fingerprint_reference"]
 
 log = logging.getLogger("clipmatch.catalog")
 
@@ -233,6 +236,34 @@ class Query:
                    self.video.duration_s if self.video else 0.0)
 
 
+def fingerprint_reference(media: MediaSource) -> tuple[float, dict[str, Fingerprints]]:
+    """What registering ``media`` stores: its duration and the reference fingerprints of each
+    track (descriptors every reference hop, and the audio's spectral peaks). A plain function
+    of the media, so that a process pool can run it."""
+    query = fingerprint_media(media)
+    fingerprints = {}
+    if query.audio is not None:
+        vectors, times, _ = audio.descriptors(query.audio, audio.REFERENCE_HOP_S)
+        if len(vectors):
+            fingerprints["audio"] = Fingerprints(vectors, times, audio.peaks(query.audio))
+    if query.video is not None:
+        vectors, times, _ = video.descriptors(query.video, video.reference_regions(query.video))
+        if len(vectors):
+            order = np.argsort(times, kind="stable")  # each frame's views side by side
+            fingerprints["video"] = Fingerprints(vectors[order], times[order])
+    if not fingerprints:
+        raise MediaError(
+            "there is nothing to fingerprint: the audio is silent or shorter than 2.5 s and "
+            "the picture (if any) is blank, so this media could never be matched")
+    return query.duration_s, fingerprints
+
+
+def _one_thread_per_process() -> None:
+    """An ingest process computes one reference at a time on one core: the pool has one
+    process per core it may use."""
+    threadpool_limits(1)
+
+
 def fingerprint_media(media: MediaSource) -> Query:
     """Decode ``media`` once and compute the stage-1 fingerprint of each track it has."""
     decoded = decode_media(media)
@@ -344,7 +375,14 @@ class _ModalIndex:
 class Catalog:
     """Register, list, delete and match references in one data directory. Thread-safe."""
 
-    def __init__(self, data_dir: str | Path) -> None:
+    def __init__(self, data_dir: str | Path, *, ingest_processes: int = 0) -> None:
+        """``ingest_processes``: how many processes fingerprint registrations in parallel
+        (started on the first registration); 0 fingerprints in the registering thread."""
+        if ingest_processes < 0:
+            raise ValueError(f"ingest_processes must be >= 0, got {ingest_processes}")
+        self._ingest_processes = ingest_processes
+        self._pool: ProcessPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
         # One FAISS and one BLAS thread per call: concurrency comes from the callers' threads,
         # and pool threads spinning against them on a small, shared machine multiply
         # latency (measured: query descriptors 99 ms with OpenBLAS's 2 threads, 11 ms with 1).
@@ -396,6 +434,10 @@ class Catalog:
 
     def close(self) -> None:
         self.flush()
+        with self._pool_lock:
+            if self._pool is not None:
+                self._pool.shutdown(cancel_futures=True)
+                self._pool = None
         self._store.close()
 
     # -- references --------------------------------------------------------------------
@@ -410,26 +452,11 @@ class Catalog:
         existing = self._store.find_sha256(content_sha256)
         if existing:
             raise DuplicateError(existing)
-        query = fingerprint_media(media)
-        fingerprints = {}
-        if query.audio is not None:
-            vectors, times, _ = audio.descriptors(query.audio, audio.REFERENCE_HOP_S)
-            if len(vectors):
-                fingerprints["audio"] = Fingerprints(vectors, times, audio.peaks(query.audio))
-        if query.video is not None:
-            vectors, times, _ = video.descriptors(query.video,
-                                                  video.reference_regions(query.video))
-            if len(vectors):
-                order = np.argsort(times, kind="stable")  # each frame's views side by side
-                fingerprints["video"] = Fingerprints(vectors[order], times[order])
-        if not fingerprints:
-            raise MediaError(
-                "there is nothing to fingerprint: the audio is silent or shorter than 2.5 s and "
-                "the picture (if any) is blank, so this media could never be matched")
+        duration_s, fingerprints = self._fingerprint_reference(media)
         with self._write_lock:
             number, reference = self._store.add(
                 title=title, external_id=external_id, metadata=metadata or {},
-                duration_s=query.duration_s, content_sha256=content_sha256,
+                duration_s=duration_s, content_sha256=content_sha256,
                 fingerprint_format=_FORMATS, fingerprints=fingerprints)
             for name, fp in fingerprints.items():
                 self._indexes[name].add(number, fp)
@@ -439,6 +466,28 @@ class Catalog:
                  ", ".join(f"{len(fp.vectors)} {name} descriptors"
                            for name, fp in fingerprints.items()))
         return reference
+
+    def _fingerprint_reference(self, media: MediaSource
+                               ) -> tuple[float, dict[str, Fingerprints]]:
+        """``fingerprint_reference`` in this thread, or in the ingest pool when there is one:
+        decoding and fingerprinting hold the GIL for much of their time, so only processes
+        let registrations use more than one core."""
+        if self._ingest_processes == 0:
+            return fingerprint_reference(media)
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ProcessPoolExecutor(
+                    self._ingest_processes, mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_one_thread_per_process)
+            pool = self._pool
+        try:
+            return pool.submit(fingerprint_reference, media).result()
+        except BrokenProcessPool as exc:
+            with self._pool_lock:
+                if self._pool is pool:
+                    self._pool = None
+            raise RuntimeError("the fingerprinting process died (out of memory?) while "
+                               "reading this media; nothing was stored") from exc
 
     def get(self, reference_id: str) -> Reference:
         return self._store.get(reference_id)[1]

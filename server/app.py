@@ -75,9 +75,11 @@ def _spool_dir(data_dir: Path) -> Path:
 
 
 def serve(data_dir: str | Path, listen: str = DEFAULT_LISTEN,
-          max_workers: int = DEFAULT_WORKERS) -> None:
+          max_workers: int = DEFAULT_WORKERS, *, ingest_processes: int = 0) -> None:
     """Serve the catalogue in ``data_dir`` until SIGTERM or SIGINT, then shut down cleanly:
-    health goes NOT_SERVING, in-flight calls get GRACE_S seconds, the catalogue is closed."""
+    health goes NOT_SERVING, in-flight calls get GRACE_S seconds, the catalogue is closed.
+    Registrations are fingerprinted in ``ingest_processes`` processes (0: in the RPC
+    threads)."""
     logs.configure()
     data_dir = Path(data_dir)
     stop = threading.Event()
@@ -90,7 +92,7 @@ def serve(data_dir: str | Path, listen: str = DEFAULT_LISTEN,
     signal.signal(signal.SIGINT, request_stop)
 
     try:
-        catalog = Catalog(data_dir)
+        catalog = Catalog(data_dir, ingest_processes=ingest_processes)
     except Exception as exc:  # report it as a log line like everything else, then exit
         logs.event("cannot_open_catalog", logging.ERROR, exc_info=True, data_dir=str(data_dir))
         raise SystemExit(1) from exc

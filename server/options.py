@@ -6,15 +6,26 @@ Kept free of heavy imports so the CLI can build its parser without loading the i
 from __future__ import annotations
 
 import argparse
+import os
 
 DEFAULT_DATA_DIR = "./data"
 DEFAULT_LISTEN = "127.0.0.1:50051"
 
 
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return int(text)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add --data-dir and --listen to ``parser``."""
+    """Add --data-dir, --listen and --ingest-processes to ``parser``."""
     parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
                         help=f"catalogue directory, created if absent (default {DEFAULT_DATA_DIR})")
     parser.add_argument("--listen", default=DEFAULT_LISTEN,
                         help=f"HOST:PORT to listen on; port 0 picks a free one "
                              f"(default {DEFAULT_LISTEN})")
+    parser.add_argument("--ingest-processes", type=_count, default=os.cpu_count() or 1,
+                        metavar="N",
+                        help="processes that fingerprint registrations in parallel, 0 for none "
+                             "(default: one per CPU core, here %(default)s)")

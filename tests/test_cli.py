@@ -147,3 +147,35 @@ def test_serve_command_runs_and_stops_cleanly(tmp_path: Path) -> None:
     process.start()
     assert process.stop() == 0
     assert process.events("stopped")
+
+
+def test_register_a_folder_several_files_at_once(tmp_path: Path) -> None:
+    """A folder registers the media files anywhere under it (not notes, not hidden files),
+    sent several at a time to a server fingerprinting them in two processes, and reported
+    in path order; the references then match."""
+    folder = tmp_path / "catalogue"
+    (folder / "wesnoth" / "more").mkdir(parents=True)
+    for name, where in (("battle", "wesnoth"), ("knolls", "wesnoth/more"),
+                        ("loyalists", ".")):
+        (folder / where / f"{name}.ogg").write_bytes(fixture(name).read_bytes())
+    (folder / "notes.txt").write_text("not media")
+    (folder / "wesnoth" / ".hidden.ogg").write_bytes(fixture("battle").read_bytes())
+    process = ServerProcess(tmp_path / "data", command=(*CLI, "serve",
+                                                        "--ingest-processes", "2"))
+    process.start()
+    try:
+        result = clipmatch("register", folder, "--jobs", "3", "--json", server=process.target)
+        assert result.returncode == 0, result.stderr
+        assert [line["path"] for line in json_lines(result)] == [
+            str(folder / "loyalists.ogg"), str(folder / "wesnoth" / "battle.ogg"),
+            str(folder / "wesnoth" / "more" / "knolls.ogg")]
+        clip = Clip("knolls", 12.0, 6.0).write(tmp_path)
+        found = json_lines(clipmatch("match", clip, "--json", server=process.target))
+        assert found[0]["matches"][0]["title"] == "knolls.ogg"
+        empty = tmp_path / "empty"
+        empty.mkdir()
+        result = clipmatch("register", empty, server=process.target)
+        assert result.returncode == 2
+        assert "no media files" in result.stderr
+    finally:
+        assert process.stop() == 0

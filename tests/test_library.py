@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 from pathlib import Path
 
@@ -67,6 +68,32 @@ def test_decode_common_containers(tmp_path: Path, suffix: str, codec: str,
     assert samples.dtype == np.float32 and samples.ndim == 1
     assert abs(samples.size / SAMPLE_RATE - 4.0) < 0.1
     assert 0.01 < np.sqrt(np.mean(samples**2)) < 1.0
+
+
+@pytest.mark.parametrize(("codec", "tolerance"), [
+    ("pcm_u8", 1 / 64), ("pcm_s16le", 1e-4), ("pcm_s32le", 1e-6), ("pcm_f32le", 1e-6),
+    ("pcm_f64le", 1e-6)])
+def test_decode_every_sample_format_to_the_same_samples(tmp_path: Path, codec: str,
+                                                        tolerance: float) -> None:
+    """Stereo PCM at 8 kHz (nothing to resample) in each sample format decodes to the source:
+    integer formats scaled to [-1, 1], unsigned bytes centred."""
+    source = excerpt(load(fixture("battle"), SAMPLE_RATE), 0, 2, SAMPLE_RATE) * 0.5
+    samples = decode_audio(encode(tmp_path / "clip.wav", source, SAMPLE_RATE, codec=codec,
+                                  channels=2))
+    assert samples.shape == source.shape
+    assert np.abs(samples - source).max() < tolerance
+
+
+def test_decode_resamples_a_tone_to_the_same_pitch_and_level(tmp_path: Path) -> None:
+    """A 1 kHz tone at 44.1 kHz comes out of the 8 kHz decoder at 1 kHz, as loud, as long."""
+    rate = 44_100
+    tone = 0.5 * np.sin(2 * np.pi * 1000 * np.arange(3 * rate) / rate)
+    samples = decode_audio(encode(tmp_path / "tone.wav", tone, sample_rate=rate, channels=2))
+    assert abs(samples.size - 3 * SAMPLE_RATE) <= 1
+    middle = samples[SAMPLE_RATE:2 * SAMPLE_RATE]
+    spectrum = np.abs(np.fft.rfft(middle))
+    assert np.argmax(spectrum) == 1000  # 1 Hz bins over one second
+    assert abs(np.sqrt(np.mean(middle**2)) - 0.5 / np.sqrt(2)) < 0.01
 
 
 def test_decode_bytes_equals_path() -> None:
@@ -295,6 +322,31 @@ def test_restart_delete_and_rebuild(tmp_path: Path) -> None:
     catalog.close()
 
 
+def test_ingest_processes_register_in_parallel_what_one_thread_would(tmp_path: Path) -> None:
+    """Registrations fingerprinted in a pool of processes, several at once, store what the
+    registering thread would have: the same clips match at the same offsets; bad media
+    still gets its message across the process boundary and stores nothing."""
+    names = ("battle", "knolls", "loyalists", "breaking_the_chains")
+    clips = {name: _write(tmp_path, excerpt(load(fixture(name)), 7.0, 5.0), f"{name}.wav")
+             for name in names}
+    bad = tmp_path / "bad.mp3"
+    bad.write_bytes(b"not audio at all" * 100)
+    answers = {}
+    for processes in (0, 2):
+        catalog = Catalog(tmp_path / f"data{processes}", ingest_processes=processes)
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda name, c=catalog: c.register(fixture(name), title=name), names))
+        with pytest.raises(MediaError, match="not a media file"):
+            catalog.register(bad, title="bad")
+        assert catalog.list()[2] == len(names)
+        answers[processes] = {name: [(m.title, round(m.reference_start_s, 3))
+                                     for m in catalog.match_media(clip)]
+                              for name, clip in clips.items()}
+        catalog.close()
+    assert answers[2] == answers[0]
+    assert all(found and found[0][0] == name for name, found in answers[0].items())
+
+
 def test_trained_index_serves_with_its_search_parameters(tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """Once the catalogue is big enough (lowered here to four fixtures) the audio index is
@@ -320,19 +372,29 @@ def test_trained_index_serves_with_its_search_parameters(tmp_path: Path,
 
 
 def test_block_resampling_is_seamless() -> None:
-    """Decoding resamples in blocks to bound memory; the joins must not show."""
-    from scipy.signal import resample_poly
+    """Decoding mixes and resamples codec frames in blocks (2**16 samples) to keep per-frame
+    work small; the joins must not show: the result equals resampling the whole track at
+    once."""
+    import av
 
     from fingerprint.decode import _BlockResampler
 
     source = load(fixture("battle"), 44_100)
     resampler = _BlockResampler(44_100, SAMPLE_RATE)
     for start in range(0, source.size, 3_000):
-        resampler.push(source[start:start + 3_000])
+        part = source[start:start + 3_000]
+        frame = av.AudioFrame.from_ndarray(np.stack([part, part]), format="fltp",
+                                           layout="stereo")
+        frame.sample_rate = 44_100
+        resampler.push(frame)
     blocked = resampler.finish()
-    whole = resample_poly(source, SAMPLE_RATE // 100, 441).astype(np.float32)
-    assert blocked.size == whole.size
-    assert np.max(np.abs(blocked - whole)) < 1e-5
+    whole = av.AudioFrame.from_ndarray(source[None, :], format="flt", layout="mono")
+    whole.sample_rate = 44_100
+    once = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+    reference = np.concatenate([f.to_ndarray()[0] for f in [*once.resample(whole),
+                                                            *once.resample(None)]])
+    assert blocked.size == reference.size == round(source.size * SAMPLE_RATE / 44_100)
+    assert np.max(np.abs(blocked - reference)) < 1e-5
 
 
 def test_data_dir_of_another_fingerprint_format_is_refused(tmp_path: Path) -> None:

@@ -1,0 +1,101 @@
+"""Ingest on one core and on all of them, side by side in one run: the audio catalogue's
+tracks and the video catalogue's films (with their sound) registered into fresh data
+directories by ``Catalog(ingest_processes=N)``, fed by 2 N threads, as the server does.
+
+Reports per N: media hours per wall hour (x realtime), the CPU the registrations took in
+every process (x realtime per core), and the wall speed-up over N = 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from benchmarks import audio_grid as grid
+from benchmarks.corpus import MediaFile, load_tracks, readable
+
+MIN_AUDIO_H = {False: 2.0, True: 0.3}
+"""Hours of the audio catalogue registered (full mode: all of it, about 2 h)."""
+
+
+def cpu_with_children() -> float:
+    """CPU of this process and of every child it has reaped (the ingest pool once closed)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def register_all(files: list[MediaFile], processes: int) -> dict[str, Any]:
+    """Register ``files`` into a new data directory with ``processes`` ingest processes."""
+    from index.catalog import Catalog
+
+    with tempfile.TemporaryDirectory(prefix="clipmatch-ingest-") as tmp:
+        catalog = Catalog(Path(tmp) / "data", ingest_processes=processes)
+        cpu0, wall0 = cpu_with_children(), time.perf_counter()
+        with ThreadPoolExecutor(2 * processes) as pool:
+            durations = list(pool.map(
+                lambda f: catalog.register(str(f.file), title=f.key).duration_s, files))
+        catalog.close()  # ends the pool: its processes' CPU is counted from here
+        wall, cpu = time.perf_counter() - wall0, cpu_with_children() - cpu0
+    seconds = sum(durations)
+    return {"processes": processes, "files": len(files), "media_h": round(seconds / 3600, 3),
+            "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
+            "x_realtime_wall": round(seconds / wall, 1),
+            "x_realtime_per_core": round(seconds / cpu, 1)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="about 20 min of audio")
+    parser.add_argument("--write-md", action="store_true", help="regenerate BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    from benchmarks.video_corpus import load_videos
+
+    tracks, total = [], 0.0
+    for track in (t for t in load_tracks() if t.role == "catalogue"):
+        if total >= MIN_AUDIO_H[args.quick] * 3600:
+            break
+        if readable(track.file):
+            tracks.append(track)
+            total += track.duration_s
+    videos = [v for v in load_videos() if v.role == "catalogue"]
+    cores = os.cpu_count() or 1
+    runs = {}
+    for kind, files in (("audio", tracks), ("video", videos)):
+        runs[kind] = [register_all(files, n) for n in sorted({1, cores})]
+        for run in runs[kind]:
+            run["speedup"] = round(runs[kind][0]["wall_s"] / run["wall_s"], 2)
+            print(kind, run, file=sys.stderr)
+    results = {"date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+               "commit": grid.commit(), "machine": grid.machine(),
+               "command": " ".join(["python -m benchmarks.ingest_scaling",
+                                    *(argv or sys.argv[1:])]),
+               "mode": "quick" if args.quick else "full", "runs": runs}
+    stem = grid.RESULTS / ("ingest_scaling" + ("_quick" if args.quick else ""))
+    stem.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
+    print(render(results))
+    if args.write_md:
+        grid.write_benchmarks_md()
+
+
+def render(results: dict[str, Any]) -> str:
+    lines = ["| media | ingest processes | files | hours | wall | x realtime (wall) | "
+             "x realtime per core (CPU) | speed-up over 1 |", "|---" * 8 + "|"]
+    for kind, runs in results["runs"].items():
+        lines += [f"| {kind} | {r['processes']} | {r['files']} | {r['media_h']} | "
+                  f"{r['wall_s']} s | {r['x_realtime_wall']}x | {r['x_realtime_per_core']}x | "
+                  f"{r['speedup']}x |" for r in runs]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
