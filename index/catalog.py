@@ -453,6 +453,33 @@ class Catalog:
         if existing:
             raise DuplicateError(existing)
         duration_s, fingerprints = self._fingerprint_reference(media)
+        return self.register_fingerprints(fingerprints, title=title, duration_s=duration_s,
+                                          content_sha256=content_sha256,
+                                          external_id=external_id, metadata=metadata)
+
+    def register_fingerprints(self, fingerprints: dict[str, Fingerprints], *, title: str,
+                              duration_s: float, content_sha256: str, external_id: str = "",
+                              metadata: dict[str, str] | None = None) -> Reference:
+        """Add a reference from fingerprints computed elsewhere by ``fingerprint_reference``
+        (on a rights holder's own machines, or a benchmark's distractors); the media is
+        known by its ``content_sha256``."""
+        if not title.strip():
+            raise ValueError("title must not be empty")
+        if len(content_sha256) != 64 or set(content_sha256) - set("0123456789abcdef"):
+            raise ValueError("content_sha256 must be 64 lower-case hex digits")
+        if not duration_s > 0:
+            raise ValueError(f"duration_s must be > 0, got {duration_s}")
+        if not fingerprints:
+            raise ValueError("no fingerprints: at least one of audio or video is needed")
+        for name, fp in fingerprints.items():
+            if name not in self.modalities:
+                raise ValueError(f"unknown modality {name!r}; expected one of "
+                                 f"{', '.join(self.modalities)}")
+            dim = self.modalities[name].dim
+            if fp.vectors.ndim != 2 or fp.vectors.shape[1] != dim or len(fp.times) != len(
+                    fp.vectors) or len(fp.vectors) == 0:
+                raise ValueError(f"{name} fingerprints must be [n > 0, {dim}] vectors with "
+                                 f"n times, got {fp.vectors.shape} and {len(fp.times)}")
         with self._write_lock:
             number, reference = self._store.add(
                 title=title, external_id=external_id, metadata=metadata or {},

@@ -38,7 +38,9 @@ from index.catalog import (
     Catalog,
     DuplicateError,
     NotFoundError,
+    fingerprint_reference,
 )
+from index.store import Fingerprints
 from tests.media import (
     CATALOGUE,
     audio_then_video,
@@ -345,6 +347,33 @@ def test_ingest_processes_register_in_parallel_what_one_thread_would(tmp_path: P
         catalog.close()
     assert answers[2] == answers[0]
     assert all(found and found[0][0] == name for name, found in answers[0].items())
+
+
+def test_reference_registered_from_its_fingerprints_matches(tmp_path: Path) -> None:
+    """Fingerprints computed apart from the catalogue (``fingerprint_reference``) register a
+    reference that matches like one registered from the media; malformed ones are refused."""
+    duration_s, fingerprints = fingerprint_reference(fixture("knolls"))
+    catalog = Catalog(tmp_path / "data")
+    digest = "ab" * 32
+    with pytest.raises(ValueError, match="vectors"):
+        catalog.register_fingerprints(
+            {"audio": Fingerprints(fingerprints["audio"].vectors[:, :5],
+                                   fingerprints["audio"].times)},
+            title="knolls", duration_s=duration_s, content_sha256=digest)
+    with pytest.raises(ValueError, match="modality"):
+        catalog.register_fingerprints({"smell": fingerprints["audio"]}, title="knolls",
+                                      duration_s=duration_s, content_sha256=digest)
+    assert catalog.list()[2] == 0
+    catalog.register_fingerprints(fingerprints, title="knolls", duration_s=duration_s,
+                                  content_sha256=digest)
+    with pytest.raises(DuplicateError):
+        catalog.register_fingerprints(fingerprints, title="again", duration_s=duration_s,
+                                      content_sha256=digest)
+    clip = _write(tmp_path, excerpt(load(fixture("knolls")), 11.0, 6.0))
+    matches = catalog.match_media(clip)
+    assert matches and matches[0].title == "knolls"
+    assert abs(matches[0].reference_start_s - 11.0) < 0.3
+    catalog.close()
 
 
 def test_trained_index_serves_with_its_search_parameters(tmp_path: Path,
