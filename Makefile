@@ -18,7 +18,7 @@ PYTEST_ARGS ?=
 AUDFPRINT ?= ../audfprint
 OLAF ?= ../Olaf
 
-.PHONY: serve test lint proto bench bench-quick bench-anchors bench-anchors-quick clean
+.PHONY: serve test lint proto bench bench-quick bench-anchors bench-anchors-quick bench-scale clean
 
 serve: $(INSTALLED) $(GENERATED)
 	$(VENV)/bin/clipmatch serve --data-dir $(DATA_DIR) --listen $(LISTEN)
@@ -46,6 +46,10 @@ bench-quick: $(BENCH_INSTALLED) $(GENERATED)
 	$(PY) -m benchmarks.video_corpus
 	$(PY) -m benchmarks.video_grid --quick
 	$(PY) -m benchmarks.ingest_scaling --quick
+
+bench-scale: $(BENCH_INSTALLED) $(GENERATED)
+	bash benchmarks/setup.sh
+	$(PY) -m benchmarks.scale --write-md
 
 bench-anchors: $(BENCH_INSTALLED) $(GENERATED)
 	bash benchmarks/setup.sh anchors

@@ -463,6 +463,8 @@ def write_benchmarks_md() -> None:
         "  default paths `../audfprint`, `../Olaf`; without them, their columns say how to",
         "  get them.",
         "- `make bench-quick` — a few minutes each: smaller catalogue or fewer clips and rows.",
+        "- `make bench-scale` — the audio catalogue padded with distractors to 100, 1,000 and",
+        "  2,000 h (`benchmarks/scale.py`; about an hour and 10 GB of disk).",
         "- `make bench-anchors` — only the comparisons: clipmatch beside Chromaprint, audfprint",
         "  and Olaf on the audio grid's eval clips, and beside PDQ and vPDQ on the video grid's",
         "  (`bench-anchors-quick`: the quick clips, minutes). `benchmarks/setup.sh anchors`",
@@ -488,6 +490,14 @@ def write_benchmarks_md() -> None:
             results = json.loads((RESULTS / name).read_text())
             lines += [f"## {kind} against the anchors", "", "### This run", "",
                       *run_notes(results), anchor_grid.render(results, relative_to_results=False)]
+    scale = RESULTS / "scale.json"
+    if scale.exists():
+        from benchmarks import scale as scale_benchmark
+
+        results = json.loads(scale.read_text())
+        about = [part.replace("\n", " ") for part in scale_benchmark.__doc__.split("\n\n")]
+        lines += ["## Catalogue size", "", "\n\n".join(about), "", "### This run", "",
+                  *run_notes(results), scale_benchmark.render(results)]
     scaling = RESULTS / "ingest_scaling.json"
     if scaling.exists():
         from benchmarks import ingest_scaling

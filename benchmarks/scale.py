@@ -1,0 +1,225 @@
+"""The audio catalogue grown to hundreds and thousands of hours: the real catalogue padded
+with distractors (``benchmarks.distractors``: real music made into different music), and at
+each size the real query grid's accuracy, match latency, build time, memory, index bytes
+per hour and start-up time after a restart, measured in one run on one machine.
+
+Queries are a fixed sample of the audio grid's clips (every row, catalogue and
+non-catalogue), matched in-process one at a time: from their fingerprints (what a crawler
+sends, ``Catalog.match``) and from their bytes (``Catalog.match_media``, decoding included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import itertools
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from benchmarks import audio_grid as grid
+from benchmarks import clips as clipsets
+from benchmarks import distractors
+from benchmarks.corpus import CACHE, Track, readable
+
+SIZES_H = {False: (100.0, 1000.0, 2000.0), True: (20.0,)}
+QUERY_SAMPLE = {False: 6, True: 12}
+"""Every n-th clip of the grid is a query (the grid's clips are ordered by row and length,
+so every row keeps its share)."""
+BANDS = CACHE / "scale" / "bands"
+"""Band frames of every corpus track, computed once: what the distractors are made from."""
+LATENCY_LENGTH_S = 10.0
+
+
+def rss_mb() -> float:
+    """Resident memory of this process now (not its peak: sizes are measured in turn)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return float("nan")
+
+
+def band_sources(tracks: list[Track]) -> list[Path]:
+    """Each readable corpus track's band frames as a float16 .npy file, computed once."""
+    from fingerprint.audio import band_frames
+    from fingerprint.decode import decode_audio
+
+    BANDS.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for track in tqdm(tracks, desc="band frames of the corpus", unit="track"):
+        path = BANDS / f"{track.sha256[:16]}.npy"
+        if not path.exists():
+            if not readable(track.file):
+                continue
+            values = band_frames(decode_audio(str(track.file))).values.astype(np.float16)
+            np.save(path.with_suffix(".tmp.npy"), values)
+            path.with_suffix(".tmp.npy").replace(path)
+        paths.append(path)
+    return paths
+
+
+_SOURCES: list[np.ndarray] = []
+
+
+def _load_sources(paths: list[Path]) -> None:
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+    _SOURCES[:] = [np.load(p, mmap_mode="r").astype(np.float32) for p in paths]
+
+
+def _make(variant: distractors.Variant) -> tuple[distractors.Variant, float, Any, str]:
+    return variant, *distractors.fingerprints(variant, _SOURCES)
+
+
+def grow(catalog: Any, sources: list[Path], variants: Iterator[distractors.Variant],
+         target_h: float, hours: float) -> tuple[float, int]:
+    """Register distractors (made on every core) until the catalogue holds ``target_h``;
+    returns the hours reached and how many were added."""
+    added = 0
+    with ProcessPoolExecutor(os.cpu_count() or 1, initializer=_load_sources,
+                             initargs=(sources,)) as pool:
+        progress = tqdm(total=max(target_h - hours, 0.0), desc=f"distractors to {target_h:g} h",
+                        unit="h", bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} h [{elapsed}]")
+        while hours < target_h and (batch := list(itertools.islice(variants, 64))):
+            for variant, duration_s, fingerprints, digest in pool.map(_make, batch):
+                if len(fingerprints["audio"].vectors) == 0:
+                    continue  # silent throughout: registration would refuse it too
+                catalog.register_fingerprints(fingerprints, title=variant.name,
+                                              duration_s=duration_s, content_sha256=digest)
+                hours += duration_s / 3600
+                added += 1
+                progress.update(min(duration_s / 3600, progress.total - progress.n))
+        progress.close()
+    return hours, added
+
+
+def measure(catalog: Any, queries: list[tuple[clipsets.Clip, Any]], refs: dict[str, str]
+            ) -> dict[str, Any]:
+    """Accuracy and latency of the query sample against the catalogue as it stands."""
+    outcomes, from_bytes = [], []
+    for clip, query in tqdm(queries, desc="match", unit="clip"):
+        start = time.perf_counter()
+        matches = catalog.match(query)
+        elapsed = time.perf_counter() - start
+        verdict, top = grid.judge(clip, matches, refs, grid.is_repeat)
+        outcomes.append(grid.Outcome(clip, verdict, None if top is None else asdict(top),
+                                     elapsed))
+        if clip.role == "catalogue" and clip.length_s == LATENCY_LENGTH_S:
+            start = time.perf_counter()
+            catalog.match_media(clip.path)
+            from_bytes.append(time.perf_counter() - start)
+    catalogue = [o for o in outcomes if o.clip.role == "catalogue"]
+    ten = [o.elapsed_s for o in catalogue if o.clip.length_s == LATENCY_LENGTH_S]
+    right = sum(o.verdict in ("exact", "repeat") for o in catalogue)
+    return {"title_offset_pct": round(100 * right / max(len(catalogue), 1), 1),
+            "catalogue_clips": len(catalogue),
+            "false_matches": sum(o.verdict == "false" for o in outcomes),
+            "negative_clips": len(outcomes) - len(catalogue),
+            "fingerprint_ms": latency(ten), "bytes_ms": latency(from_bytes)}
+
+
+def latency(seconds: list[float]) -> dict[str, float]:
+    ms = 1000 * np.asarray(seconds)
+    return {f"p{q}": round(float(np.percentile(ms, q)), 1) for q in (50, 95, 99)} if len(
+        ms) else {}
+
+
+def index_bytes(data_dir: Path) -> int:
+    return sum(p.stat().st_size for p in (data_dir / "index").glob("audio*") if p.is_file())
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="one size (20 h), fewer clips")
+    parser.add_argument("--sizes", help="comma-separated catalogue hours (default "
+                        f"{','.join(f'{s:g}' for s in SIZES_H[False])})")
+    parser.add_argument("--data-dir", type=Path, help="keep the catalogue here (default: a "
+                        "temporary folder, removed at the end)")
+    parser.add_argument("--write-md", action="store_true", help="regenerate BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    sizes = ([float(s) for s in args.sizes.split(",")] if args.sizes
+             else list(SIZES_H[args.quick]))
+    from index.catalog import Catalog, fingerprint_media
+
+    tracks, catalogue, clips = grid.planned("eval", False)
+    catalogue = [t for t in catalogue if readable(t.file)]
+    queries_clips = [c for c in clips[::QUERY_SAMPLE[args.quick]]
+                     if c.track in {t.key for t in catalogue} or c.role != "catalogue"]
+    queries = [(c, fingerprint_media(c.path)) for c in tqdm(queries_clips, desc="queries",
+                                                             unit="clip")]
+    sources = band_sources(tracks)
+    variants = iter(distractors.plan(len(sources), 200_000))
+    temporary = tempfile.TemporaryDirectory(prefix="clipmatch-scale-")
+    data_dir = args.data_dir or Path(temporary.name) / "data"
+    catalog = Catalog(data_dir)
+    refs, costs = grid.ingest(catalog, catalogue)
+    hours = costs["audio_h"]
+    rows = [{"hours": round(hours, 1), "distractors": 0, "build_s": 0.0,
+             **measure(catalog, queries, refs), "rss_mb": rss_mb(),
+             "index_mb_per_h": round(index_bytes(data_dir) / 1e6 / hours, 3)}]
+    print(rows[-1], file=sys.stderr)
+    total_added = 0
+    for size in sizes:
+        start = time.perf_counter()
+        hours, added = grow(catalog, sources, variants, size, hours)
+        catalog.flush()
+        build_s = time.perf_counter() - start
+        total_added += added
+        row = {"hours": round(hours, 1), "distractors": total_added,
+               "build_s": round(build_s, 1), **measure(catalog, queries, refs),
+               "rss_mb": rss_mb(),
+               "index_mb_per_h": round(index_bytes(data_dir) / 1e6 / hours, 3)}
+        catalog.close()
+        start = time.perf_counter()
+        catalog = Catalog(data_dir)
+        catalog.match(queries[0][1])
+        row["restart_s"] = round(time.perf_counter() - start, 1)
+        rows.append(row)
+        print(row, file=sys.stderr)
+    catalog.close()
+    results = {"date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+               "commit": grid.commit(), "machine": grid.machine(),
+               "command": " ".join(["python -m benchmarks.scale", *(argv or sys.argv[1:])]),
+               "mode": "quick" if args.quick else "full", "queries": len(queries),
+               "catalogue_tracks": len(catalogue), "distractor_sources": len(sources),
+               "rows": rows}
+    stem = grid.RESULTS / ("scale" + ("_quick" if args.quick else ""))
+    stem.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
+    print(render(results))
+    if args.write_md:
+        grid.write_benchmarks_md()
+    temporary.cleanup()
+
+
+def render(results: dict[str, Any]) -> str:
+    lines = [f"{results['queries']} queries from the audio grid's eval clips (every "
+             f"{QUERY_SAMPLE[results['mode'] == 'quick']}th); the first row is the real "
+             f"catalogue alone ({results['catalogue_tracks']} tracks); distractors made from "
+             f"{results['distractor_sources']} corpus tracks.", "",
+             "| hours | distractors | % title + offset | false matches | 10 s clip from "
+             "fingerprints p50 / p95 / p99 | from bytes p50 / p95 / p99 | build | RSS | "
+             "index MB/h | restart |", "|---" * 10 + "|"]
+    for r in results["rows"]:
+        fp, by = r["fingerprint_ms"], r["bytes_ms"]
+        lines.append(
+            f"| {r['hours']:g} | {r['distractors']} | {r['title_offset_pct']} | "
+            f"{r['false_matches']} of {r['negative_clips']} | "
+            f"{fp.get('p50')} / {fp.get('p95')} / {fp.get('p99')} ms | "
+            f"{by.get('p50')} / {by.get('p95')} / {by.get('p99')} ms | {r['build_s']:g} s | "
+            f"{r['rss_mb']:g} MB | {r['index_mb_per_h']} | {r.get('restart_s', '–')} s |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
