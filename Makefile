@@ -39,6 +39,7 @@ bench: $(BENCH_INSTALLED) $(GENERATED)
 	$(PY) -m benchmarks.anchor_grid --audfprint $(AUDFPRINT) --olaf $(OLAF) --write-md
 	$(PY) -m benchmarks.anchor_grid --grid video --write-md
 	$(PY) -m benchmarks.ingest_scaling --write-md
+	$(PY) -m benchmarks.scale --write-md
 
 bench-quick: $(BENCH_INSTALLED) $(GENERATED)
 	bash benchmarks/setup.sh
