@@ -1,6 +1,7 @@
 """Ingest on one core and on all of them, side by side in one run: the audio catalogue's
 tracks and the video catalogue's films (with their sound) registered into fresh data
-directories by ``Catalog(ingest_processes=N)``, fed by 2 N threads, as the server does.
+directories by ``Catalog(ingest_processes=N)``, fed by 2 N threads (longest file first), as
+the server does.
 
 Reports per N: media hours per wall hour (x realtime), the CPU the registrations took in
 every process (x realtime per core), and the wall speed-up over N = 1.
@@ -21,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import audio_grid as grid
-from benchmarks.corpus import MediaFile, load_tracks, readable
+from benchmarks.corpus import load_tracks, readable
 
-MIN_AUDIO_H = {False: 2.0, True: 0.3}
-"""Hours of the audio catalogue registered (full mode: all of it, about 2 h)."""
+MIN_AUDIO_H = {False: float("inf"), True: 0.3}
+"""Hours of the audio catalogue registered (full mode: all of it, 6 h)."""
 
 
 def cpu_with_children() -> float:
@@ -34,10 +35,11 @@ def cpu_with_children() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def register_all(files: list[MediaFile], processes: int) -> dict[str, Any]:
+def register_all(files: list[Any], processes: int) -> dict[str, Any]:
     """Register ``files`` into a new data directory with ``processes`` ingest processes."""
     from index.catalog import Catalog
 
+    files = sorted(files, key=lambda f: -f.duration_s)  # longest first: no straggler at the end
     with tempfile.TemporaryDirectory(prefix="clipmatch-ingest-") as tmp:
         catalog = Catalog(Path(tmp) / "data", ingest_processes=processes)
         cpu0, wall0 = cpu_with_children(), time.perf_counter()
