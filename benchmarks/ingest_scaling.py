@@ -1,5 +1,5 @@
 """Ingest on one core and on all of them, side by side in one run: the audio catalogue's
-tracks and the video catalogue's films (with their sound) registered into fresh data
+tracks and every film of the video corpus (with its sound) registered into fresh data
 directories by ``Catalog(ingest_processes=N)``, fed by 2 N threads (longest file first), as
 the server does: once with one process confined to one core, once with a process per core.
 
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
         if readable(track.file):
             tracks.append(track)
             total += track.duration_s
-    videos = [v for v in load_videos() if v.role == "catalogue"]
+    videos = load_videos()  # catalogue and non-catalogue alike: all the real video there is
     cores = sorted(os.sched_getaffinity(0))
     runs = {}
     for kind, files in (("audio", tracks), ("video", videos)):

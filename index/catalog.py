@@ -28,7 +28,13 @@ from threadpoolctl import threadpool_limits
 
 from fingerprint import audio, video
 from fingerprint.audio import BandFrames
-from fingerprint.decode import VIDEO_FRAME_RATE, MediaError, MediaSource, decode_media
+from fingerprint.decode import (
+    VIDEO_FRAME_RATE,
+    MediaError,
+    MediaSource,
+    decode_media,
+    set_decoder_threads,
+)
 from fingerprint.video import VideoFrames
 from index import align
 from index.store import DuplicateError, Fingerprints, NotFoundError, Reference, Store
@@ -262,6 +268,7 @@ def _one_thread_per_process() -> None:
     """An ingest process computes one reference at a time on one core: the pool has one
     process per core it may use."""
     threadpool_limits(1)
+    set_decoder_threads(1)
 
 
 def fingerprint_media(media: MediaSource) -> Query:
