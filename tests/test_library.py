@@ -443,6 +443,24 @@ def test_data_dir_of_another_fingerprint_format_is_refused(tmp_path: Path) -> No
     db.close()
 
 
+def test_one_decoder_thread_decodes_the_same_frames() -> None:
+    """Ingest processes decode video on one thread each; the frames are the ones FFmpeg's
+    own threading gives."""
+    from fingerprint.decode import set_decoder_threads
+
+    threaded = decode_media(video_fixture("intro_excerpt"))
+    set_decoder_threads(1)
+    try:
+        single = decode_media(video_fixture("intro_excerpt"))
+    finally:
+        set_decoder_threads(0)
+    assert threaded.frames is not None and single.frames is not None
+    assert np.array_equal(threaded.frames, single.frames)
+    assert np.array_equal(threaded.frame_times, single.frame_times)
+    with pytest.raises(ValueError, match="count"):
+        set_decoder_threads(-1)
+
+
 def test_video_damaged_in_the_middle_decodes_around_the_damage(tmp_path: Path) -> None:
     """A corrupt stretch of a file costs the frames and sound inside it, not the rest."""
     intact = video_fixture("intro_excerpt")
