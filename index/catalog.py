@@ -487,6 +487,8 @@ class Catalog:
                     fp.vectors) or len(fp.vectors) == 0:
                 raise ValueError(f"{name} fingerprints must be [n > 0, {dim}] vectors with "
                                  f"n times, got {fp.vectors.shape} and {len(fp.times)}")
+            if not (np.isfinite(fp.vectors).all() and np.isfinite(fp.times).all()):
+                raise ValueError(f"{name} fingerprints hold NaN or infinite values")
         with self._write_lock:
             number, reference = self._store.add(
                 title=title, external_id=external_id, metadata=metadata or {},

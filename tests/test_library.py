@@ -363,6 +363,12 @@ def test_reference_registered_from_its_fingerprints_matches(tmp_path: Path) -> N
     with pytest.raises(ValueError, match="modality"):
         catalog.register_fingerprints({"smell": fingerprints["audio"]}, title="knolls",
                                       duration_s=duration_s, content_sha256=digest)
+    broken = fingerprints["audio"].vectors.copy()
+    broken[3, 7] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        catalog.register_fingerprints(
+            {"audio": Fingerprints(broken, fingerprints["audio"].times)}, title="knolls",
+            duration_s=duration_s, content_sha256=digest)
     assert catalog.list()[2] == 0
     catalog.register_fingerprints(fingerprints, title="knolls", duration_s=duration_s,
                                   content_sha256=digest)
