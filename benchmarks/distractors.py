@@ -20,7 +20,6 @@ is a true match for it.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -119,8 +118,3 @@ def fingerprints(variant: Variant, sources: list[np.ndarray]
     digest = hashlib.sha256(variant.name.encode()).hexdigest()
     return frames.duration_s, {"audio": Fingerprints(vectors, times, audio.peaks(frames))}, digest
 
-
-def generate(variants: list[Variant], sources: list[np.ndarray]
-             ) -> Iterator[tuple[Variant, float, dict[str, Fingerprints], str]]:
-    for variant in variants:
-        yield variant, *fingerprints(variant, sources)

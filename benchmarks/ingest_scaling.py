@@ -13,7 +13,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import resource
 import sys
 import tempfile
 import time
@@ -26,13 +25,6 @@ from benchmarks.corpus import load_tracks, readable
 
 MIN_AUDIO_H = {False: float("inf"), True: 0.3}
 """Hours of the audio catalogue registered (full mode: all of it, 6 h)."""
-
-
-def cpu_with_children() -> float:
-    """CPU of this process and of every child it has reaped (the ingest pool once closed)."""
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def register_all(files: list[Any], processes: int, cores: set[int]) -> dict[str, Any]:
@@ -53,12 +45,12 @@ def _registered(files: list[Any], processes: int) -> dict[str, Any]:
     files = sorted(files, key=lambda f: -f.duration_s)  # longest first: no straggler at the end
     with tempfile.TemporaryDirectory(prefix="clipmatch-ingest-") as tmp:
         catalog = Catalog(Path(tmp) / "data", ingest_processes=processes)
-        cpu0, wall0 = cpu_with_children(), time.perf_counter()
+        cpu0, wall0 = grid.cpu_seconds(), time.perf_counter()
         with ThreadPoolExecutor(2 * processes) as pool:
             durations = list(pool.map(
                 lambda f: catalog.register(str(f.file), title=f.key).duration_s, files))
         catalog.close()  # ends the pool: its processes' CPU is counted from here
-        wall, cpu = time.perf_counter() - wall0, cpu_with_children() - cpu0
+        wall, cpu = time.perf_counter() - wall0, grid.cpu_seconds() - cpu0
     seconds = sum(durations)
     return {"processes": processes, "files": len(files), "media_h": round(seconds / 3600, 3),
             "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),

@@ -104,9 +104,9 @@ def grow(catalog: Any, sources: list[Path], variants: Iterator[distractors.Varia
     return hours, added
 
 
-def measure(catalog: Any, queries: list[tuple[clipsets.Clip, Any]], refs: dict[str, str]
-            ) -> dict[str, Any]:
-    """Accuracy and latency of the query sample against the catalogue as it stands. The
+def measure(catalog: Any, queries: list[tuple[clipsets.Clip, Any]], refs: dict[str, str],
+            data_dir: Path, hours: float) -> dict[str, Any]:
+    """Accuracy, latency, memory and index size against the catalogue as it stands. The
     clips sent as bytes are matched in a pass of their own, after the others: matched
     straight after the same clip's fingerprints, they would find the references it needs
     already in the verification cache."""
@@ -126,21 +126,20 @@ def measure(catalog: Any, queries: list[tuple[clipsets.Clip, Any]], refs: dict[s
     catalogue = [o for o in outcomes if o.clip.role == "catalogue"]
     ten = [o.elapsed_s for o in catalogue if o.clip.length_s == LATENCY_LENGTH_S]
     right = sum(o.verdict in ("exact", "repeat") for o in catalogue)
-    return {"title_offset_pct": round(100 * right / max(len(catalogue), 1), 1),
+    return {"hours": round(hours, 1),
+            "title_offset_pct": round(100 * right / max(len(catalogue), 1), 1),
             "catalogue_clips": len(catalogue),
             "false_matches": sum(o.verdict == "false" for o in outcomes),
             "negative_clips": len(outcomes) - len(catalogue),
-            "fingerprint_ms": latency(ten), "bytes_ms": latency(from_bytes)}
+            "fingerprint_ms": latency(ten), "bytes_ms": latency(from_bytes),
+            "rss_mb": rss_mb(),
+            "index_mb_per_h": round(grid.storage(data_dir, hours)["index_bytes_per_h"] / 1e6, 3)}
 
 
 def latency(seconds: list[float]) -> dict[str, float]:
     ms = 1000 * np.asarray(seconds)
     return {f"p{q}": round(float(np.percentile(ms, q)), 1) for q in (50, 95, 99)} if len(
         ms) else {}
-
-
-def index_bytes(data_dir: Path) -> int:
-    return sum(p.stat().st_size for p in (data_dir / "index").glob("audio*") if p.is_file())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -169,9 +168,8 @@ def main(argv: list[str] | None = None) -> None:
     catalog = Catalog(data_dir)
     refs, costs = grid.ingest(catalog, catalogue)
     hours = costs["audio_h"]
-    rows = [{"hours": round(hours, 1), "distractors": 0, "build_s": 0.0,
-             **measure(catalog, queries, refs), "rss_mb": rss_mb(),
-             "index_mb_per_h": round(index_bytes(data_dir) / 1e6 / hours, 3)}]
+    rows = [{"distractors": 0, "build_s": 0.0,
+             **measure(catalog, queries, refs, data_dir, hours)}]
     print(rows[-1], file=sys.stderr)
     total_added = 0
     for size in sizes:
@@ -180,10 +178,8 @@ def main(argv: list[str] | None = None) -> None:
         catalog.flush()
         build_s = time.perf_counter() - start
         total_added += added
-        row = {"hours": round(hours, 1), "distractors": total_added,
-               "build_s": round(build_s, 1), **measure(catalog, queries, refs),
-               "rss_mb": rss_mb(),
-               "index_mb_per_h": round(index_bytes(data_dir) / 1e6 / hours, 3)}
+        row = {"distractors": total_added, "build_s": round(build_s, 1),
+               **measure(catalog, queries, refs, data_dir, hours)}
         catalog.close()
         start = time.perf_counter()
         catalog = Catalog(data_dir)

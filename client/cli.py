@@ -24,12 +24,6 @@ FileAction = Callable[[ClipmatchClient, str], dict[str, Any]]
 DEFAULT_JOBS = 4
 
 
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return int(text)
-
-
 def _rounded(value: Any, digits: int = 3) -> Any:
     """Floats rounded to ``digits`` decimals, recursively: JSON people can read."""
     if isinstance(value, float):
@@ -222,7 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     batch = argparse.ArgumentParser(add_help=False)
     batch.add_argument("paths", nargs="+", metavar="PATH",
                        help="media files, or folders to search for media files")
-    batch.add_argument("--jobs", type=_positive, default=DEFAULT_JOBS, metavar="N",
+    batch.add_argument("--jobs", type=server_options.whole_number(1), default=DEFAULT_JOBS,
+                       metavar="N",
                        help=f"files sent at once (default {DEFAULT_JOBS}; the server "
                             "fingerprints them on all its cores)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

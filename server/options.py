@@ -7,15 +7,22 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 
 DEFAULT_DATA_DIR = "./data"
 DEFAULT_LISTEN = "127.0.0.1:50051"
 
 
-def _count(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
-    return int(text)
+def whole_number(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least ``minimum``."""
+
+    def parse(text: str) -> int:
+        if not text.isdigit() or int(text) < minimum:
+            raise argparse.ArgumentTypeError(
+                f"expected a whole number >= {minimum}, got {text!r}")
+        return int(text)
+
+    return parse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--listen", default=DEFAULT_LISTEN,
                         help=f"HOST:PORT to listen on; port 0 picks a free one "
                              f"(default {DEFAULT_LISTEN})")
-    parser.add_argument("--ingest-processes", type=_count, default=os.cpu_count() or 1,
+    parser.add_argument("--ingest-processes", type=whole_number(0), default=os.cpu_count() or 1,
                         metavar="N",
                         help="processes that fingerprint registrations in parallel, 0 for none "
                              "(default: one per CPU core, here %(default)s)")
