@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
     for size in sizes:
         start = time.perf_counter()
         hours, added = grow(catalog, sources, variants, size, hours)
-        catalog.flush()
+        catalog.wait_for_index()
         build_s = time.perf_counter() - start
         total_added += added
         row = {"distractors": total_added, "build_s": round(build_s, 1),

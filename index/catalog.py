@@ -12,11 +12,9 @@ the reference and the offset are fused into one ``audio+video`` match.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import multiprocessing
 import threading
-import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
@@ -37,8 +35,8 @@ from fingerprint.decode import (
 )
 from fingerprint.video import VideoFrames
 from index import align
+from index.segments import Layout, SegmentedIndex
 from index.store import DuplicateError, Fingerprints, NotFoundError, Reference, Store
-from index.vectors import EXACT_FACTORY, VectorIndex, needs_training
 
 __all__ = ["Catalog", "DuplicateError", "Match", "MatchParams", "MediaError", "NotFoundError",
            "Query", "Reference", "fingerprint_media", "fingerprint_reference"]
@@ -126,11 +124,9 @@ class Modality:
     """spacing of reference descriptors: the time unit of their FAISS ids"""
     window_s: float
     """media one descriptor covers (a segment ends one window after its last start)"""
-    factory: str
-    """FAISS index factory string once the catalogue is big enough to train it"""
+    layout: Layout
+    """how its descriptors are indexed: FAISS factory and search parameters, segment sizes"""
     params: MatchParams
-    search_params: str = ""
-    """FAISS search parameters of the trained index (ParameterSpace syntax)"""
     refine_speeds: tuple[float, ...] = ()
     """speeds over which a candidate's alignment line is re-rated (see ``align.refine``)"""
 
@@ -148,11 +144,11 @@ on the dev clips, 3.6 let 1 % of non-catalogue clips match (3 of 315) and 4.5 no
 about 1 % fewer catalogue clips found."""
 
 AUDIO = Modality("audio", f"{audio.FORMAT}+{audio.PEAKS_FORMAT}", audio.DIM,
-                 audio.REFERENCE_HOP_S, audio.WINDOW_S, "IDMap,IVF256,PQ60x4fs",
+                 audio.REFERENCE_HOP_S, audio.WINDOW_S,
+                 Layout(audio.DIM, "IVF{lists},PQ60x4fs", "nprobe=32"),
                  MatchParams(similarity_floor=0.4, min_evidence=0.1, max_candidates=32,
                              similarity_midpoint=0.47, short_penalty=0.85,
-                             peak_midpoint=PEAK_MIDPOINT, dense_weight=0.25),
-                 search_params="nprobe=32")
+                             peak_midpoint=PEAK_MIDPOINT, dense_weight=0.25))
 """Up to 32 candidate alignments per clip are verified, down to little evidence: with the peak
 check deciding, more candidates cost little accuracy and find the true line under speech at
 0 dB for 80 % of 3 s dev clips instead of 35 %.
@@ -169,7 +165,7 @@ VIDEO_SPEEDS = (0.9, 0.95, 1.0, 1.05, 1.1)
 slope of the alignment does; 0.05 apart, a 10 s clip drifts at most one offset bin."""
 
 VIDEO = Modality("video", video.FORMAT, video.DIM, 1.0 / VIDEO_FRAME_RATE,
-                 1.0 / VIDEO_FRAME_RATE, "IDMap,PQ21x4fs",
+                 1.0 / VIDEO_FRAME_RATE, Layout(video.DIM, "IDMap,PQ21x4fs"),
                  MatchParams(similarity_floor=0.6, similarity_midpoint=0.75,
                              short_penalty=0.5),
                  refine_speeds=VIDEO_SPEEDS)
@@ -216,17 +212,8 @@ changes tell the instants apart."""
 VERIFY_SPAN_S = 6.0
 """A candidate is verified over at least this much of the query (window starts)."""
 
-TRAIN_MIN_WINDOWS = 20_000
-"""About 1.4 h of audio reference: below it the index is exact (and small anyway)."""
-TRAIN_MAX_WINDOWS = 200_000
-"""Training sample cap: quantiser quality stops improving long before this."""
-
 FINGERPRINT_CACHE = 512
 """References whose stored descriptors stay in memory for verification."""
-
-SAVE_INTERVAL_S = 30.0
-"""Index files are rewritten at most this often while writes arrive (and on close);
-after a crash they are rebuilt from the fingerprints, so nothing acknowledged is lost."""
 
 
 @dataclass(frozen=True)
@@ -300,80 +287,25 @@ class _Described:
 
 
 class _ModalIndex:
-    """One modality's FAISS index, kept consistent with the stored fingerprints."""
+    """One modality's segmented FAISS index over the stored fingerprints (its source of
+    truth), in ``index/<modality>/``."""
 
     def __init__(self, modality: Modality, store: Store, index_dir: Path) -> None:
         self.modality = modality
         self._store = store
-        self._path = index_dir / f"{modality.name}.faiss"
-        self.index = self._open()
+        self.index = SegmentedIndex(
+            index_dir / modality.name, modality.layout, {"format": modality.format},
+            self._stored, lambda: sorted(store.numbers(modality.name)))
 
-    def _state(self, index: VectorIndex) -> dict:
-        numbers = sorted(self._store.numbers())
-        digest = hashlib.sha256(np.asarray(numbers, dtype=np.int64).tobytes()).hexdigest()
-        return {"target": self.modality.factory, "factory": index.factory,
-                "trained_on": index.trained_on, "format": self.modality.format,
-                "dim": self.modality.dim, "references": digest}
-
-    def _open(self) -> VectorIndex:
-        state_path = self._path.with_suffix(".json")
-        if self._path.exists() and state_path.exists():
-            try:
-                state = json.loads(state_path.read_text())
-                index = VectorIndex.load(self._path, self.modality.dim, state["factory"],
-                                         state["trained_on"], self._search_params(state["factory"]))
-                if state == self._state(index):
-                    return index
-                log.info("%s index file is stale; rebuilding from fingerprints",
-                         self.modality.name)
-            except (ValueError, KeyError, RuntimeError, OSError) as exc:
-                log.warning("%s index file unreadable (%s); rebuilding from fingerprints",
-                            self.modality.name, exc)
-        return self.rebuild()
-
-    def rebuild(self) -> VectorIndex:
-        """Build the index from the stored fingerprints, training the quantiser on them once
-        there are enough (exact search until then)."""
-        name, dim = self.modality.name, self.modality.dim
-        stored = [(number, self._store.fingerprints(reference_id, name))
-                  for number, reference_id in sorted(self._store.numbers().items())]
-        stored = [(number, f) for number, f in stored if len(f.vectors)]
-        total = sum(len(f.vectors) for _, f in stored)
-        factory, training = EXACT_FACTORY, None
-        if not needs_training(self.modality.factory, dim):
-            factory = self.modality.factory
-        elif total >= TRAIN_MIN_WINDOWS:
-            factory = self.modality.factory
-            everything = np.concatenate([f.vectors for _, f in stored])
-            training = everything[:: max(1, total // TRAIN_MAX_WINDOWS)]
-        index = VectorIndex(dim, factory, training=training, trained_on=total,
-                            search_params=self._search_params(factory))
-        for number, fingerprints in stored:
-            index.add(number, fingerprints.vectors, self.slots(fingerprints.times))
-        self.save(index)
-        log.info("%s index built: %s over %d descriptors", name, factory, total)
-        return index
-
-    def _search_params(self, factory: str) -> str:
-        """The modality's search parameters belong to its target index, not the exact one."""
-        return self.modality.search_params if factory == self.modality.factory else ""
+    def _stored(self, number: int) -> tuple[np.ndarray, np.ndarray] | None:
+        reference = self._store.by_numbers([number]).get(number)
+        if reference is None:
+            return None
+        fingerprints = self._store.fingerprints(reference.reference_id, self.modality.name)
+        return fingerprints.vectors, self.slots(fingerprints.times)
 
     def add(self, number: int, fingerprints: Fingerprints) -> None:
-        """Add a reference; retrain once the catalogue is big enough, and again whenever it
-        has quadrupled, so the quantiser always fits the catalogue it serves. Called under
-        the catalogue's write lock."""
         self.index.add(number, fingerprints.vectors, self.slots(fingerprints.times))
-        if not needs_training(self.modality.factory, self.modality.dim):
-            return
-        untrained = self.index.factory != self.modality.factory
-        if ((untrained and self.index.ntotal >= TRAIN_MIN_WINDOWS)
-                or (not untrained and self.index.ntotal >= 4 * self.index.trained_on)):
-            self.index = self.rebuild()
-
-    def save(self, index: VectorIndex | None = None) -> None:
-        index = index or self.index
-        index.save(self._path)
-        self._path.with_suffix(".json").write_text(json.dumps(self._state(index)))
 
     def slots(self, times: np.ndarray) -> np.ndarray:
         return np.round(np.asarray(times) / self.modality.hop_s).astype(np.int64)
@@ -400,13 +332,13 @@ class Catalog:
         self.modalities = {m.name: m for m in MODALITIES}
         self._store = Store(self.data_dir)
         self._refuse_other_formats()
-        (self.data_dir / "index").mkdir(exist_ok=True)
+        index_dir = self.data_dir / "index"
+        index_dir.mkdir(exist_ok=True)
+        for old in [*index_dir.glob("*.faiss"), *index_dir.glob("*.json")]:
+            old.unlink()  # a single-file index of an earlier version
         self._write_lock = threading.Lock()
-        self._indexes = {
-            name: _ModalIndex(m, self._store, self.data_dir / "index")
-            for name, m in self.modalities.items()}
-        self._saved_at = time.monotonic()
-        self._dirty = False
+        self._indexes = {name: _ModalIndex(m, self._store, index_dir)
+                         for name, m in self.modalities.items()}
         self._cache: dict[tuple[int, str], Fingerprints] = {}
         self._cache_lock = threading.Lock()
 
@@ -424,23 +356,15 @@ class Catalog:
 
     # -- persistence -------------------------------------------------------------------
 
-    def _changed(self) -> None:
-        """Note a write; persist the indexes if the last save is old enough."""
-        self._dirty = True
-        if time.monotonic() - self._saved_at >= SAVE_INTERVAL_S:
-            self.flush()
-
-    def flush(self) -> None:
-        """Write the index files now (they are derived data: this only speeds up restarts)."""
-        with self._write_lock:
-            if self._dirty:
-                for index in self._indexes.values():
-                    index.save()
-                self._dirty = False
-            self._saved_at = time.monotonic()
+    def wait_for_index(self) -> None:
+        """Return once no index training or merging is due or running (they run in the
+        background, the catalogue serving meanwhile)."""
+        for index in self._indexes.values():
+            index.index.wait_idle()
 
     def close(self) -> None:
-        self.flush()
+        for index in self._indexes.values():
+            index.index.close()
         with self._pool_lock:
             if self._pool is not None:
                 self._pool.shutdown(cancel_futures=True)
@@ -496,7 +420,6 @@ class Catalog:
                 fingerprint_format=_FORMATS, fingerprints=fingerprints)
             for name, fp in fingerprints.items():
                 self._indexes[name].add(number, fp)
-        self._changed()
         log.info("registered %s %r (%.1f s, %s)", reference.reference_id, title,
                  reference.duration_s,
                  ", ".join(f"{len(fp.vectors)} {name} descriptors"
@@ -549,7 +472,6 @@ class Catalog:
             number = self._store.delete(reference_id)
             for index in self._indexes.values():
                 index.index.remove(number)
-        self._changed()
         log.info("deleted %s", reference_id)
 
     # -- matching ----------------------------------------------------------------------

@@ -204,10 +204,14 @@ class Store:
                 "SELECT fingerprint_format, COUNT(*) FROM reference GROUP BY fingerprint_format")
             return dict(rows.fetchall())
 
-    def numbers(self) -> dict[int, str]:
-        """Internal number -> reference id of every stored reference."""
+    def numbers(self, modality: str = "") -> dict[int, str]:
+        """Internal number -> reference id of every stored reference (with a ``modality``
+        track, if given)."""
         with self._lock:
-            rows = self._db.execute("SELECT number, reference_id FROM reference").fetchall()
+            rows = self._db.execute(
+                "SELECT number, reference_id FROM reference"
+                " WHERE ? = '' OR instr(',' || modalities || ',', ',' || ? || ',') > 0",
+                (modality, modality)).fetchall()
         return {int(n): rid for n, rid in rows}
 
     def fingerprints(self, reference_id: str, modality: str) -> Fingerprints:

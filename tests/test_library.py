@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 
-import faiss
 import numpy as np
 import pytest
 
@@ -316,7 +316,7 @@ def test_restart_delete_and_rebuild(tmp_path: Path) -> None:
         catalog.delete(kept.reference_id)
     catalog.close()
 
-    (data / "index" / "audio.faiss").write_bytes(b"damaged")
+    (data / "index" / "audio" / "manifest.json").write_text("damaged")
     catalog = Catalog(data)
     assert catalog.get(gone.reference_id).title == "battle"
     battle = _write(tmp_path, excerpt(load(fixture("battle")), 10.0, 6.0), "battle.wav")
@@ -382,24 +382,28 @@ def test_reference_registered_from_its_fingerprints_matches(tmp_path: Path) -> N
     catalog.close()
 
 
-def test_trained_index_serves_with_its_search_parameters(tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    """Once the catalogue is big enough (lowered here to four fixtures) the audio index is
-    retrained as the configured inverted file, searched with its parameters after a restart
-    too, and still finds a sped-up clip."""
-    monkeypatch.setattr(catalog_module, "TRAIN_MIN_WINDOWS", 300)
+def test_trained_index_is_loaded_after_a_restart(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once the catalogue is big enough (lowered here to four fixtures) the audio quantiser is
+    trained in the background as the configured inverted file; it is loaded, not trained
+    again, after a restart, and still finds a sped-up clip."""
+    small = replace(AUDIO, layout=replace(AUDIO.layout, train_min=300))
+    monkeypatch.setattr(catalog_module, "MODALITIES", (small, catalog_module.VIDEO))
     query = _write(tmp_path, sped_up(excerpt(load(fixture("knolls")), 9.0, 8.0), 0.95))
     data = tmp_path / "data"
     catalog = Catalog(data)
     for name in CATALOGUE:
         catalog.register(fixture(name), title=name)
+    catalog.wait_for_index()
+    trained = catalog._indexes["audio"].index
+    assert trained.factory == small.layout.factory_for(trained.trained_on)
+    assert trained.factory.startswith("IVF") and trained.trained_on >= 300
     for reopen in (False, True):
         if reopen:
             catalog.close()
             catalog = Catalog(data)
-        index = catalog._indexes["audio"].index
-        assert index.factory == AUDIO.factory
-        assert f"nprobe={faiss.extract_index_ivf(index._index).nprobe}" == AUDIO.search_params
+            index = catalog._indexes["audio"].index
+            assert (index.factory, index.trained_on) == (trained.factory, trained.trained_on)
         matches = catalog.match_media(query)
         assert matches and matches[0].title == "knolls"
         assert abs(matches[0].speed - 0.95) < 0.01

@@ -1,0 +1,183 @@
+"""The segmented FAISS index on real descriptors of the fixture music: search over sealed and
+fresh segments answers as one index would, survives restarts and damaged files, forgets
+deleted references, merges in the background, and keeps what is registered while it trains.
+Sizes are scaled down (a segment of 60 windows instead of 100,000) so that every stage runs
+on the fixtures' two minutes of music."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+
+from fingerprint.audio import DIM, REFERENCE_HOP_S, band_frames, descriptors
+from fingerprint.decode import decode_audio
+from index.segments import Layout, SegmentedIndex
+from tests.media import FIXTURES
+
+LAYOUT = Layout(DIM, "IVF{lists},PQ60x4fs", "nprobe=2", train_min=200, train_max=1_000,
+                seal_windows=60, merge_fanin=2, retrain_growth=2.0, list_windows=10)
+"""Trained at 200 windows with 4 lists, retrained at 400 with 8."""
+REFERENCE_WINDOWS = 20
+
+
+@pytest.fixture(scope="module")
+def references() -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Every fixture's descriptors cut into references of 20 windows (5 s)."""
+    found = {}
+    for path in sorted(FIXTURES.glob("*.ogg")):
+        vectors, times, _ = descriptors(band_frames(decode_audio(str(path))), REFERENCE_HOP_S)
+        slots = np.round(times / REFERENCE_HOP_S).astype(np.int64)
+        for start in range(0, len(vectors) - REFERENCE_WINDOWS + 1, REFERENCE_WINDOWS):
+            part = slice(start, start + REFERENCE_WINDOWS)
+            found[len(found) + 1] = (vectors[part], slots[part])
+    assert len(found) >= 12
+    return found
+
+
+class Catalogue:
+    """What the index reads back from: the references stored now (deletion removes one)."""
+
+    def __init__(self) -> None:
+        self.stored: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def source(self, number: int) -> tuple[np.ndarray, np.ndarray] | None:
+        return self.stored.get(number)
+
+    def live(self) -> list[int]:
+        return sorted(self.stored)
+
+    def open(self, directory: Path, layout: Layout = LAYOUT) -> SegmentedIndex:
+        return SegmentedIndex(directory, layout, {"format": "test"}, self.source, self.live)
+
+
+def filled(directory: Path, references: dict) -> tuple[Catalogue, SegmentedIndex]:
+    catalogue = Catalogue()
+    index = catalogue.open(directory)
+    for number, (vectors, slots) in references.items():
+        catalogue.stored[number] = (vectors, slots)
+        index.add(number, vectors, slots)
+        index.wait_idle()
+    return catalogue, index
+
+
+def self_found(index: SegmentedIndex, references: dict) -> float:
+    """Share of the references' windows whose nearest neighbour is themselves."""
+    found = total = 0
+    for number, (vectors, slots) in references.items():
+        _, numbers, hit_slots = index.search(vectors, 1)
+        found += int(((numbers[:, 0] == number) & (hit_slots[:, 0] == slots)).sum())
+        total += len(vectors)
+    return found / total
+
+
+def test_segments_answer_as_one_index(tmp_path: Path, references: dict) -> None:
+    """Sealed segments, merged ones and the fresh one together return the neighbours one
+    index holding every vector returns, with the same similarities."""
+    _, index = filled(tmp_path / "index", references)
+    assert index.factory.startswith("IVF") and index.segments >= 2
+    one = faiss.clone_index(index._quantiser)
+    for number, (vectors, slots) in references.items():
+        one.add_with_ids(vectors, (np.int64(number) << 24) | slots)
+    queries = np.concatenate([v[::7] for v, _ in references.values()])
+    sims, numbers, slots = index.search(queries, 10)
+    one_sims, one_ids = one.search(queries, 10)
+    np.testing.assert_allclose(sims, one_sims, atol=1e-5)
+    agree = np.mean([set(zip(n, s, strict=True)) == set(zip(i >> 24, i & 0xFFFFFF, strict=True))
+                     for n, s, i in zip(numbers, slots, one_ids, strict=True)])
+    assert agree > 0.95  # rows differ only where two neighbours tie at the k-th place
+    assert self_found(index, references) > 0.9
+    index.close()
+
+
+def test_restart_loads_sealed_segments_and_rebuilds_damaged_ones(
+        tmp_path: Path, references: dict) -> None:
+    catalogue, index = filled(tmp_path / "index", references)
+    queries = np.concatenate([v[::5] for v, _ in references.values()])
+    before = index.search(queries, 5)
+    segments, factory = index.segments, index.factory
+    index.close()  # seals the fresh segment
+
+    index = catalogue.open(tmp_path / "index")
+    assert (index.segments, index.factory) == (segments + 1, factory)
+    for got, expected in zip(index.search(queries, 5), before, strict=True):
+        np.testing.assert_array_equal(got, expected)
+    index.close()
+
+    manifest = json.loads((tmp_path / "index" / "manifest.json").read_text())
+    (tmp_path / "index" / manifest["segments"][0]["file"]).write_bytes(b"damaged")
+    index = catalogue.open(tmp_path / "index")
+    index.wait_idle()  # retrained from the stored fingerprints in the background
+    assert index.factory == factory
+    assert self_found(index, references) > 0.9
+    index.close()
+
+
+def test_deleted_references_vanish_at_once_and_are_purged(tmp_path: Path,
+                                                          references: dict) -> None:
+    catalogue, index = filled(tmp_path / "index", references)
+    manifest = json.loads((tmp_path / "index" / "manifest.json").read_text())
+    sealed = max(manifest["segments"], key=lambda s: s["windows"])["numbers"]
+    assert len(sealed) == 20
+    fresh = sorted(set(references) - {n for s in manifest["segments"] for n in s["numbers"]})
+    assert fresh, "some references should still be in the fresh segment"
+    gone = [*sealed[:4], fresh[-1]]  # a fifth of a sealed segment: enough to purge it
+    windows = index.ntotal
+    queries = np.concatenate([references[n][0] for n in gone])
+    for number in gone:
+        del catalogue.stored[number]
+        index.remove(number)
+        _, numbers, _ = index.search(queries, 20)
+        assert number not in numbers
+    index.wait_idle()
+    manifest = json.loads((tmp_path / "index" / "manifest.json").read_text())
+    held = {n for s in manifest["segments"] for n in s["numbers"]}
+    assert not held & set(gone)
+    assert index.ntotal == windows - len(gone) * REFERENCE_WINDOWS
+    kept = {n: r for n, r in references.items() if n not in gone}
+    assert self_found(index, kept) > 0.9
+    index.close()
+    index = catalogue.open(tmp_path / "index")
+    _, numbers, _ = index.search(queries, 20)
+    assert not set(numbers.reshape(-1)) & set(gone)
+    index.close()
+
+
+def test_references_added_while_training_are_kept(tmp_path: Path, references: dict) -> None:
+    """The quantiser trains in the background from the stored fingerprints; registrations
+    meanwhile go to the serving (exact) index and join the trained one when it takes over."""
+    catalogue = Catalogue()
+    release = threading.Event()
+
+    def slow_source(number: int) -> tuple[np.ndarray, np.ndarray] | None:
+        if threading.current_thread().name == "segments":
+            release.wait(timeout=30)
+        return catalogue.source(number)
+
+    index = SegmentedIndex(tmp_path / "index", LAYOUT, {"format": "test"}, slow_source,
+                           catalogue.live)
+    numbers = list(references)
+    for number in numbers:
+        catalogue.stored[number] = references[number]
+        index.add(number, *references[number])
+    assert index.factory == "IDMap,Flat"  # training waits on the source
+    assert self_found(index, references) > 0.99  # exact meanwhile
+    release.set()
+    index.wait_idle()
+    assert index.factory.startswith("IVF")
+    assert self_found(index, references) > 0.9
+    index.close()
+
+
+def test_layout_refuses_bad_settings() -> None:
+    with pytest.raises(ValueError, match="merge_fanin"):
+        Layout(DIM, "IVF{lists},Flat", merge_fanin=1)
+    with pytest.raises(ValueError, match=r"cannot build 'IVF64,NoSuchCode': .*could not parse"):
+        Layout(DIM, "IVF{lists},NoSuchCode")
+    assert LAYOUT.lists_for(400) == 8  # 400 training windows fit 10 centroids: a power of 2
+    default = Layout(DIM, "IVF{lists},Flat")
+    assert (default.lists_for(20_000), default.lists_for(14_000_000)) == (64, 4096)
