@@ -36,7 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -201,20 +201,22 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def grpc_latency(data_dir: Path, clips: list[clipsets.Clip]) -> dict[str, Any]:
-    """Start ``python -m server`` on the data dir, warm it, time each clip's MatchClip call.
+class ServerDidNotStart(RuntimeError):
+    """``python -m server`` exited or never answered its health check (message: last log line)."""
 
-    A server that fails to come up is reported (with its last log line), not fatal: the
-    accuracy results of a long run are worth keeping.
-    """
+
+@contextlib.contextmanager
+def serving(data_dir: Path, *extra_args: str) -> Iterator[str]:
+    """Run ``python -m server`` on the data dir until the block ends; yields its target once
+    its health check says SERVING."""
     from client.sdk import ClipmatchClient, ClipmatchError
 
     target = f"127.0.0.1:{free_port()}"
     log_path = data_dir.parent / "server.log"
     with log_path.open("wb") as log:
         server = subprocess.Popen(
-            [sys.executable, "-m", "server", "--data-dir", str(data_dir), "--listen", target],
-            cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+            [sys.executable, "-m", "server", "--data-dir", str(data_dir), "--listen", target,
+             *extra_args], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     try:
         with ClipmatchClient(target) as client:
             deadline = time.monotonic() + SERVER_START_TIMEOUT_S
@@ -224,8 +226,24 @@ def grpc_latency(data_dir: Path, clips: list[clipsets.Clip]) -> dict[str, Any]:
                         break
                 if server.poll() is not None or time.monotonic() > deadline:
                     lines = log_path.read_text(errors="replace").strip().splitlines() or ["-"]
-                    return {"skipped": f"the server did not start: {lines[-1][:300]}"}
+                    raise ServerDidNotStart(lines[-1][:300])
                 time.sleep(0.2)
+        yield target
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+def grpc_latency(data_dir: Path, clips: list[clipsets.Clip]) -> dict[str, Any]:
+    """Start ``python -m server`` on the data dir, warm it, time each clip's MatchClip call.
+
+    A server that fails to come up is reported (with its last log line), not fatal: the
+    accuracy results of a long run are worth keeping.
+    """
+    from client.sdk import ClipmatchClient
+
+    try:
+        with serving(data_dir) as target, ClipmatchClient(target) as client:
             for clip in clips[:WARMUP_CLIPS]:
                 client.match(clip.path)
             wall_ms, server_ms = [], []
@@ -234,9 +252,8 @@ def grpc_latency(data_dir: Path, clips: list[clipsets.Clip]) -> dict[str, Any]:
                 response = client.match(clip.path)
                 wall_ms.append((time.perf_counter() - start) * 1000)
                 server_ms.append(response["elapsed_ms"])
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
+    except ServerDidNotStart as exc:
+        return {"skipped": f"the server did not start: {exc}"}
     return {"n": len(clips), **percentiles("client", wall_ms), **percentiles("server", server_ms)}
 
 

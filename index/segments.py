@@ -178,6 +178,7 @@ class SegmentedIndex:
         self._fresh = faiss.index_factory(layout.dim, EXACT_FACTORY, faiss.METRIC_INNER_PRODUCT)
         self._fresh_numbers: set[int] = set()
         self._counter = 0
+        self._naming = threading.Lock()
         self._work = threading.Condition()
         self._closed = False
         self._busy = False
@@ -206,13 +207,12 @@ class SegmentedIndex:
                 "segments": [{"file": s.name, "windows": int(s.index.ntotal),
                               "numbers": sorted(s.numbers)} for s in self._sealed]}
 
-    def _write_manifest(self) -> None:
+    def _write_manifest(self, obsolete: list[str] = ()) -> None:
+        """Record the segments now serving, then remove the files of ``obsolete`` ones."""
         _write_atomically(self._dir / "manifest.json",
                           lambda tmp: tmp.write_text(json.dumps(self._manifest())))
-        wanted = {self._quantiser_name, *(s.name for s in self._sealed)}
-        for path in self._dir.glob("*.faiss"):
-            if path.name not in wanted:
-                path.unlink(missing_ok=True)
+        for name in obsolete:
+            (self._dir / name).unlink(missing_ok=True)
 
     def _open(self) -> None:
         """Load the sealed segments the manifest lists and encode the rest afresh; anything
@@ -250,6 +250,11 @@ class SegmentedIndex:
         held = set().union(*(s.numbers for s in self._sealed))
         self._tombstones = frozenset(held - live)
         for number in sorted(live - held):
+            if self._quantiser is None and self._fresh.ntotal >= self.layout.train_min:
+                # Too big to search exactly: train before serving (the worker is not
+                # running yet), on every stored reference.
+                self._retrain()
+                break
             self._add_fresh(number)
 
     def _reset(self) -> None:
@@ -258,7 +263,7 @@ class SegmentedIndex:
         self._fresh = faiss.index_factory(self.layout.dim, EXACT_FACTORY,
                                           faiss.METRIC_INNER_PRODUCT)
         self._fresh_numbers = set()
-        self._write_manifest()  # and remove the files of what was there
+        self._write_manifest([p.name for p in self._dir.glob("*.faiss*")])  # what was there
 
     def _read(self, name: str) -> faiss.Index:
         index = faiss.read_index(str(self._dir / name))
@@ -282,8 +287,9 @@ class SegmentedIndex:
         return faiss.clone_index(self._quantiser)
 
     def _next_name(self, kind: str) -> str:
-        self._counter += 1
-        return f"{kind}-{self._counter:06d}.faiss"
+        with self._naming:
+            self._counter += 1
+            return f"{kind}-{self._counter:06d}.faiss"
 
     # -- writes ------------------------------------------------------------------------
 
@@ -421,18 +427,18 @@ class SegmentedIndex:
                 and self.layout.factory_for(total) != self._built)
 
     def _retrain(self) -> None:
-        """Train a quantiser for the catalogue as it is and encode every reference with it
-        into one new segment, reading the stored fingerprints one reference at a time; the
-        references registered meanwhile join the new fresh segment when it takes over."""
-        with self._lock.read():
-            numbers = sorted(self._fresh_numbers.union(*(s.numbers for s in self._sealed))
-                             - self._tombstones)
-            total = self.ntotal
+        """Train a quantiser for the catalogue as the store holds it and encode every
+        reference with it into one new segment, reading the stored fingerprints one
+        reference at a time; references registered meanwhile join the new fresh segment when
+        it takes over, and those deleted meanwhile become its tombstones."""
+        numbers = self._live()
+        sample, total = self._sample(numbers)
         factory = self.layout.factory_for(total)
-        log.info("%s: training %s on the catalogue's %d windows", self._dir.name, factory, total)
+        log.info("%s: training %s on %d of the catalogue's %d windows", self._dir.name,
+                 factory, len(sample), total)
         quantiser = faiss.index_factory(self.layout.dim, factory, faiss.METRIC_INNER_PRODUCT)
         if not quantiser.is_trained:
-            quantiser.train(self._sample(numbers, total))
+            quantiser.train(sample)
         if self.layout.search_params:
             faiss.ParameterSpace().set_index_parameters(quantiser, self.layout.search_params)
         index = faiss.clone_index(quantiser)
@@ -442,12 +448,13 @@ class SegmentedIndex:
             if stored is not None and len(stored[0]):
                 self._encode(index, number, *stored)
                 held.add(number)
+        quantiser_name, segment_name = self._next_name("quantiser"), self._next_name("segment")
+        _write_atomically(self._dir / quantiser_name,
+                          lambda tmp: faiss.write_index(quantiser, str(tmp)))
+        _write_atomically(self._dir / segment_name, lambda tmp: faiss.write_index(index, str(tmp)))
         with self._lock.write():
-            quantiser_name, segment_name = self._next_name("quantiser"), self._next_name("segment")
-            _write_atomically(self._dir / quantiser_name,
-                              lambda tmp: faiss.write_index(quantiser, str(tmp)))
-            _write_atomically(self._dir / segment_name,
-                              lambda tmp: faiss.write_index(index, str(tmp)))
+            obsolete = [s.name for s in self._sealed] + [self._quantiser_name] * bool(
+                self._quantiser_name)
             self._set_quantiser(quantiser, quantiser_name, factory, total)
             self._sealed = (Segment(segment_name, index, frozenset(held)),)
             live = set(self._live())
@@ -455,21 +462,29 @@ class SegmentedIndex:
             self._fresh_numbers = set()
             for number in sorted(live - held):
                 self._add_fresh(number)
-            self._write_manifest()
+            self._write_manifest(obsolete)
         log.info("%s: %s serving %d windows", self._dir.name, factory, self.ntotal)
 
-    def _sample(self, numbers: list[int], total: int) -> np.ndarray:
-        """Every n-th stored window, read reference by reference: at most ``train_max``."""
-        step = max(1, math.ceil(total / self.layout.train_max))
-        parts, offset = [], 0
+    def _sample(self, numbers: list[int]) -> tuple[np.ndarray, int]:
+        """A uniform sample of at most ``train_max`` stored windows (reservoir sampling, so
+        one pass reading reference by reference), and how many windows there are."""
+        cap, rng = self.layout.train_max, np.random.default_rng(0)
+        reservoir = np.empty((cap, self.layout.dim), np.float32)
+        seen = 0
         for number in numbers:
             stored = self._source(number)
             if stored is None:
                 continue
-            vectors = stored[0]
-            parts.append(np.asarray(vectors[(-offset) % step::step], dtype=np.float32))
-            offset += len(vectors)
-        return np.ascontiguousarray(np.concatenate(parts))
+            vectors = np.asarray(stored[0], dtype=np.float32)
+            fill = max(0, min(cap - seen, len(vectors)))
+            reservoir[seen:seen + fill] = vectors[:fill]
+            rest = vectors[fill:]
+            if len(rest):  # Algorithm R: the t-th window replaces a random slot w.p. cap / t
+                slots = rng.integers(0, seen + fill + np.arange(1, len(rest) + 1))
+                keep = slots < cap
+                reservoir[slots[keep]] = rest[keep]
+            seen += len(vectors)
+        return reservoir[:min(seen, cap)], seen
 
     def _merge_group(self) -> list[Segment] | None:
         """The sealed segments to merge next: one holding too many deleted references, or
@@ -499,15 +514,15 @@ class SegmentedIndex:
         for number in sorted(dead):
             merged.remove_ids(_range(number))
         numbers = frozenset(set().union(*(s.numbers for s in group)) - dead)
+        name = self._next_name("segment")
+        _write_atomically(self._dir / name, lambda tmp: faiss.write_index(merged, str(tmp)))
         with self._lock.write():
-            name = self._next_name("segment")
-            _write_atomically(self._dir / name, lambda tmp: faiss.write_index(merged, str(tmp)))
             first = self._sealed.index(group[0])
             rest = [s for s in self._sealed if s not in group]
             self._sealed = (*rest[:first], Segment(name, merged, numbers), *rest[first:])
             held = set().union(*(s.numbers for s in self._sealed))
             self._tombstones = frozenset(self._tombstones & held)
-            self._write_manifest()
+            self._write_manifest([s.name for s in group])
         log.info("%s: merged %d segments into %s (%d windows, %d deleted references purged)",
                  self._dir.name, len(group), name, merged.ntotal, len(dead))
 
