@@ -524,6 +524,14 @@ def write_benchmarks_md() -> None:
         lines += ["## Ingest on one core and on all", "", ingest_scaling.__doc__.split("\n\n")[0]
                   .replace("\n", " "), "", "### This run", "", *run_notes(results),
                   ingest_scaling.render(results)]
+    load = RESULTS / "load.json"
+    if load.exists():
+        from benchmarks import load as load_benchmark
+
+        results = json.loads(load.read_text())
+        about = [part.replace("\n", " ") for part in load_benchmark.__doc__.split("\n\n")]
+        lines += ["## Concurrent clients", "", "\n\n".join(about), "", "### This run", "",
+                  *run_notes(results), load_benchmark.render(results)]
     BENCHMARKS_MD.write_text("\n".join(lines))
 
 

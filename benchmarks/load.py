@@ -5,9 +5,9 @@ The server (``python -m server``, its defaults: 8 RPC threads, one ingest proces
 serves the real eval catalogue. Each client thread sends the audio grid's 10 s catalogue
 clips as bytes (``MatchClip``: decoding on the server, as a crawler's upload) one after
 another for a fixed time; one more thread registers corpus tracks that are not in the
-catalogue, one after another, for the same time. The load generator runs on the same
-machine as the server, so its own CPU (reading files, protobuf) is part of what the cores
-are shared with.
+catalogue and deletes each again, one after another, for the same time. The load generator
+runs on the same machine as the server, so its own CPU (reading files, protobuf) is part of
+what the cores are shared with.
 """
 
 from __future__ import annotations
@@ -68,18 +68,19 @@ def level(target: str, clients: int, clips: list[Any], refs: dict[str, str],
     registered: list[float] = []
 
     def registrar() -> None:
+        """Register each track, then delete it again (so the next level can register it)."""
         with ClipmatchClient(target) as client:
-            for path in registrations:
+            for path in itertools.cycle(registrations):
                 if time.monotonic() >= stop:
                     return
                 start = time.perf_counter()
                 try:
-                    client.register(path, title=f"load:{path.name}")
+                    reference = client.register(path, title=f"load:{path.name}")
+                    registered.append(time.perf_counter() - start)
+                    client.delete(reference["reference_id"])
                 except ClipmatchError as exc:
                     with lock:
                         errors[f"register {exc.code}"] = errors.get(f"register {exc.code}", 0) + 1
-                    continue
-                registered.append(time.perf_counter() - start)
 
     began = time.monotonic()
     with ThreadPoolExecutor(clients + 1) as pool:
@@ -87,7 +88,6 @@ def level(target: str, clients: int, clips: list[Any], refs: dict[str, str],
         for future in futures:
             future.result()
     wall = time.monotonic() - began
-    del registrations[:len(registered)]
     ms = 1000 * np.asarray(latencies)
     return {"clients": clients, "seconds": round(wall, 1), "matches": answered,
             "matches_per_s": round(answered / wall, 2),
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
 def render(results: dict[str, Any]) -> str:
     lines = [f"{results['clips']} clips of 10 s (the eval grid's, every row) sent as bytes "
              f"against the {results['catalogue_tracks']}-track eval catalogue; one thread "
-             "registers other corpus tracks meanwhile.", "",
+             "registers (and deletes again) other corpus tracks meanwhile.", "",
              "| clients | matches / s | p50 | p95 | p99 | title + offset | registrations "
              "(p50) | errors |", "|---" * 8 + "|"]
     for r in results["rows"]:

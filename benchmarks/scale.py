@@ -218,7 +218,23 @@ def render(results: dict[str, Any]) -> str:
             f"{fp.get('p50')} / {fp.get('p95')} / {fp.get('p99')} ms | "
             f"{by.get('p50')} / {by.get('p95')} / {by.get('p99')} ms | {r['build_s']:g} s | "
             f"{r['rss_mb']:g} MB | {r['index_mb_per_h']} | {r.get('restart_s', '–')} s |")
+    if (projected := projection(results["rows"])) is not None:
+        lines += ["", f"Resident memory grows by {projected['mb_per_h']:g} MB per hour of "
+                  f"reference between the two largest sizes; at that rate 10,000 h would "
+                  f"take {projected['gb_at_10000_h']:g} GB."]
     return "\n".join(lines) + "\n"
+
+
+def projection(rows: list[dict[str, Any]], hours: float = 10_000.0) -> dict[str, float] | None:
+    """Resident memory at ``hours``, extrapolated on the line through the two largest sizes
+    measured (memory per hour is what grows; the fixed part is the libraries)."""
+    if len(rows) < 2:
+        return None
+    small, large = sorted(rows, key=lambda r: r["hours"])[-2:]
+    rate = (large["rss_mb"] - small["rss_mb"]) / (large["hours"] - small["hours"])
+    return {"mb_per_h": round(rate, 3),
+            "gb_at_10000_h": round((large["rss_mb"] + rate * (hours - large["hours"])) / 1024,
+                                   1)}
 
 
 if __name__ == "__main__":

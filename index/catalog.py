@@ -145,7 +145,7 @@ about 1 % fewer catalogue clips found."""
 
 AUDIO = Modality("audio", f"{audio.FORMAT}+{audio.PEAKS_FORMAT}", audio.DIM,
                  audio.REFERENCE_HOP_S, audio.WINDOW_S,
-                 Layout(audio.DIM, "IVF{lists},PQ60x4fs", "nprobe=32"),
+                 Layout(audio.DIM, "IVF{lists},PQ60x4fs", "nprobe=16"),
                  MatchParams(similarity_floor=0.4, min_evidence=0.1, max_candidates=32,
                              similarity_midpoint=0.47, short_penalty=0.85,
                              peak_midpoint=PEAK_MIDPOINT, dense_weight=0.25))
@@ -154,11 +154,13 @@ check deciding, more candidates cost little accuracy and find the true line unde
 0 dB for 80 % of 3 s dev clips instead of 35 %.
 
 4-bit product-quantiser codes searched with FAISS's SIMD fast-scan kernels: 30 bytes per
-window plus the 8-byte id. The inverted file scans the 32 of 256 lists nearest each query
-window, an eighth of the codes: on the dev catalogue (83,000 windows) a 10 s clip's search
-took 12 ms against 36 ms for the flat fast-scan index, with the same matches found (within
-one clip in 40 per row, both ways). Unrelated music reaches lower similarity with both band
-ranges than with one, so votes start at 0.4."""
+window plus the 8-byte id, in an inverted file of about 2 sqrt(windows) lists (512 at 6 h,
+4,096 from about 500 h; ``Layout.lists_for``) of which each query window scans the 16
+nearest. Against the eval catalogue padded to 1,000 h, on the dev clips (every 6th), 8, 16
+and 32 lists found 91.9, 92.4 and 92.7 % with title and offset, FAISS taking 14, 21 and
+34 ms per clip (p50); 256 lists with 32 scanned (an eighth of the codes, the setting before
+segments) had taken 510 ms per 10 s eval clip in all. Unrelated music reaches lower similarity with
+both band ranges than with one, so votes start at 0.4."""
 
 VIDEO_SPEEDS = (0.9, 0.95, 1.0, 1.05, 1.1)
 """Speed hypotheses for aligning video: frame descriptors do not change with speed, only the
@@ -322,10 +324,10 @@ class Catalog:
         self._ingest_processes = ingest_processes
         self._pool: ProcessPoolExecutor | None = None
         self._pool_lock = threading.Lock()
-        # One FAISS and one BLAS thread per call: concurrency comes from the callers' threads,
-        # and pool threads spinning against them on a small, shared machine multiply
-        # latency (measured: query descriptors 99 ms with OpenBLAS's 2 threads, 11 ms with 1).
-        faiss.omp_set_num_threads(1)
+        # One BLAS thread per call (a process-wide limit): concurrency comes from the
+        # callers' threads, and pool threads spinning against them on a small, shared machine
+        # multiply latency (measured: query descriptors 99 ms with OpenBLAS's 2 threads, 11 ms
+        # with 1). FAISS's OpenMP limit is per thread: ``match`` sets it in each caller.
         threadpool_limits(1)
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -483,6 +485,7 @@ class Catalog:
     def match(self, query: Query) -> list[Match]:
         """Identify a clip from its stage-1 fingerprints (what a crawler computes and sends):
         each modality on its own, then audio and video matches that agree fused into one."""
+        faiss.omp_set_num_threads(1)  # this thread's searches; index rebuilds use every core
         tracks = {"audio": (query.audio, _describe_audio), "video": (query.video, _describe_video)}
         present = {name: (frames, describe) for name, (frames, describe) in tracks.items()
                    if frames is not None}

@@ -108,8 +108,8 @@ class Layout:
     """a sealed segment is rewritten once this share of its references is deleted"""
     retrain_growth: float = 4.0
     """retrain once the catalogue has grown this much and should have more lists"""
-    list_windows: int = 2_000
-    """target windows per inverted list: ``lists_for`` aims the list count at this"""
+    lists_per_root: float = 2.0
+    """inverted lists per square root of the windows (``lists_for``)"""
     max_lists: int = 4096
 
     def __post_init__(self) -> None:
@@ -136,10 +136,16 @@ class Layout:
 
     def lists_for(self, windows: int) -> int:
         """Inverted lists for a catalogue of ``windows``: a power of two near
-        ``windows / list_windows``, at least 64, at most ``max_lists``, and no more than the
-        training sample can fit (FAISS wants 39 training points per centroid)."""
-        wanted = max(64, windows / self.list_windows)
-        fits = min(windows, self.train_max) / 39
+        ``lists_per_root * sqrt(windows)``, at most ``max_lists`` and no more than the
+        training sample can fit (FAISS wants 39 training points per centroid).
+
+        Why the square root: a query window costs one distance per list (assignment) plus
+        one per code in the lists it scans, which grow as windows / lists; the sum is least
+        near lists ~ sqrt(windows). On the dev clips against the 6 h catalogue (86,000
+        windows), 512 lists searched 10 s clips in 27 ms against 29 ms for 128 and 32 ms
+        for 2,048, finding the same clips (95.0, 94.7 and 95.0 %)."""
+        wanted = max(1.0, self.lists_per_root * math.sqrt(windows))
+        fits = max(1.0, min(windows, self.train_max) / 39)
         return int(min(2 ** round(math.log2(wanted)), 2 ** int(math.log2(fits)), self.max_lists))
 
     def factory_for(self, windows: int) -> str:

@@ -20,8 +20,9 @@ from index.segments import Layout, SegmentedIndex
 from tests.media import FIXTURES
 
 LAYOUT = Layout(DIM, "IVF{lists},PQ60x4fs", "nprobe=2", train_min=200, train_max=1_000,
-                seal_windows=60, merge_fanin=2, retrain_growth=2.0, list_windows=10)
-"""Trained at 200 windows with 4 lists, retrained at 400 with 8."""
+                seal_windows=60, merge_fanin=2, retrain_growth=2.0, lists_per_root=0.4)
+"""Trained at 200 windows with 4 lists (0.4 * sqrt(200) = 5.7, but 200 samples fit only 5
+centroids), retrained at 400 with 8."""
 REFERENCE_WINDOWS = 20
 
 
@@ -176,8 +177,8 @@ def test_references_added_while_training_are_kept(tmp_path: Path, references: di
 def test_layout_refuses_bad_settings() -> None:
     with pytest.raises(ValueError, match="merge_fanin"):
         Layout(DIM, "IVF{lists},Flat", merge_fanin=1)
-    with pytest.raises(ValueError, match=r"cannot build 'IVF64,NoSuchCode': .*could not parse"):
+    with pytest.raises(ValueError, match=r"cannot build 'IVF256,NoSuchCode': .*could not parse"):
         Layout(DIM, "IVF{lists},NoSuchCode")
-    assert LAYOUT.lists_for(400) == 8  # 400 training windows fit 10 centroids: a power of 2
+    assert (LAYOUT.lists_for(200), LAYOUT.lists_for(400)) == (4, 8)
     default = Layout(DIM, "IVF{lists},Flat")
-    assert (default.lists_for(20_000), default.lists_for(14_000_000)) == (64, 4096)
+    assert [default.lists_for(n) for n in (20_000, 86_000, 14_000_000)] == [256, 512, 4096]
