@@ -613,6 +613,25 @@ def main(argv: list[str] | None = None) -> None:
     publish(results, stem, args.write_md)
 
 
+def run_stamp(module: str, argv: list[str] | None, quick: bool) -> dict[str, Any]:
+    """What every result file starts with: when, at which commit, on what machine, how."""
+    return {"date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "commit": commit(), "machine": machine(),
+            "command": " ".join([f"python -m {module}", *(argv or sys.argv[1:])]),
+            "mode": "quick" if quick else "full"}
+
+
+def save_results(name: str, results: dict[str, Any], render_table: Callable[[dict], str],
+                 write_md: bool) -> None:
+    """Write ``results/<name>[_quick].json``, print its table, regenerate BENCHMARKS.md if
+    asked."""
+    stem = RESULTS / (name + ("_quick" if results["mode"] == "quick" else ""))
+    stem.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
+    print(render_table(results))
+    if write_md:
+        write_benchmarks_md()
+
+
 def publish(results: dict[str, Any], stem: Path, write_md: bool) -> None:
     """Print the tables and write ``<stem>.md`` (and BENCHMARKS.md with ``write_md``)."""
     table = render(results)

@@ -10,8 +10,6 @@ every process (x realtime per core), and the wall speed-up over one core.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import os
 import sys
 import tempfile
@@ -81,16 +79,8 @@ def main(argv: list[str] | None = None) -> None:
         for run in runs[kind]:
             run["speedup"] = round(runs[kind][0]["wall_s"] / run["wall_s"], 2)
             print(kind, run, file=sys.stderr)
-    results = {"date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-               "commit": grid.commit(), "machine": grid.machine(),
-               "command": " ".join(["python -m benchmarks.ingest_scaling",
-                                    *(argv or sys.argv[1:])]),
-               "mode": "quick" if args.quick else "full", "runs": runs}
-    stem = grid.RESULTS / ("ingest_scaling" + ("_quick" if args.quick else ""))
-    stem.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
-    print(render(results))
-    if args.write_md:
-        grid.write_benchmarks_md()
+    results = {**grid.run_stamp("benchmarks.ingest_scaling", argv, args.quick), "runs": runs}
+    grid.save_results("ingest_scaling", results, render, args.write_md)
 
 
 def render(results: dict[str, Any]) -> str:

@@ -13,9 +13,7 @@ what the cores are shared with.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import itertools
-import json
 import sys
 import tempfile
 import threading
@@ -131,16 +129,9 @@ def main(argv: list[str] | None = None) -> None:
             for clients in CLIENTS:
                 rows.append(level(target, clients, queries, refs, others, LEVEL_S[args.quick]))
                 print(rows[-1], file=sys.stderr)
-    results = {"date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-               "commit": grid.commit(), "machine": grid.machine(),
-               "command": " ".join(["python -m benchmarks.load", *(argv or sys.argv[1:])]),
-               "mode": "quick" if args.quick else "full", "clips": len(queries),
+    results = {**grid.run_stamp("benchmarks.load", argv, args.quick), "clips": len(queries),
                "catalogue_tracks": len(catalogue), "rows": rows}
-    stem = grid.RESULTS / ("load" + ("_quick" if args.quick else ""))
-    stem.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
-    print(render(results))
-    if args.write_md:
-        grid.write_benchmarks_md()
+    grid.save_results("load", results, render, args.write_md)
 
 
 def render(results: dict[str, Any]) -> str:

@@ -100,8 +100,9 @@ class Layout:
     """windows before a quantiser is trained (exact search until then: small anyway)"""
     train_max: int = 200_000
     """training sample cap: quantiser quality stops improving long before this"""
-    seal_windows: int = 100_000
-    """the fresh segment is sealed at this size (it is encoded again at every start)"""
+    seal_windows: int = 500_000
+    """the fresh segment is sealed at this size (about 35 h of audio), and on close; after a
+    crash it is encoded again at start"""
     merge_fanin: int = 4
     """this many sealed segments of one size tier are merged into one"""
     purge_fraction: float = 0.2
@@ -511,27 +512,29 @@ class SegmentedIndex:
         return None
 
     def _merge(self, group: list[Segment]) -> None:
-        """One segment holding the group's live references, built beside the serving ones
-        (which stay untouched: searches go on), then swapped in."""
+        """One segment holding the group's live references, encoded again from the stored
+        fingerprints beside the serving segments (which stay untouched: searches go on),
+        then swapped in. FAISS's own ``merge_from`` is not used: on fast-scan inverted
+        lists, merging a merged index again corrupted the heap (faiss-cpu 1.15.1)."""
         merged = self._empty()
         dead = set().union(*(s.numbers for s in group)) & self._tombstones
-        for segment in group:
-            merged.merge_from(faiss.clone_index(segment.index), 0)
-        for number in sorted(dead):
-            merged.remove_ids(_range(number))
-        numbers = frozenset(set().union(*(s.numbers for s in group)) - dead)
+        held = set()
+        for number in sorted(set().union(*(s.numbers for s in group)) - dead):
+            stored = self._source(number)
+            if stored is not None and len(stored[0]):
+                self._encode(merged, number, *stored)
+                held.add(number)
         name = self._next_name("segment")
         _write_atomically(self._dir / name, lambda tmp: faiss.write_index(merged, str(tmp)))
         with self._lock.write():
             first = self._sealed.index(group[0])
             rest = [s for s in self._sealed if s not in group]
-            self._sealed = (*rest[:first], Segment(name, merged, numbers), *rest[first:])
-            held = set().union(*(s.numbers for s in self._sealed))
-            self._tombstones = frozenset(self._tombstones & held)
+            self._sealed = (*rest[:first], Segment(name, merged, frozenset(held)), *rest[first:])
+            numbers = set().union(*(s.numbers for s in self._sealed))
+            self._tombstones = frozenset(self._tombstones & numbers)
             self._write_manifest([s.name for s in group])
         log.info("%s: merged %d segments into %s (%d windows, %d deleted references purged)",
                  self._dir.name, len(group), name, merged.ntotal, len(dead))
-
 
 def _range(number: int) -> faiss.IDSelector:
     return faiss.IDSelectorRange(number << SLOT_BITS, (number + 1) << SLOT_BITS)
