@@ -51,6 +51,10 @@ Source = Callable[[int], "tuple[np.ndarray, np.ndarray] | None"]
 """A reference number's stored (vectors, slots), or None once it has been deleted."""
 
 
+class _Closing(Exception):
+    """The index is closing: background work stops where it is, leaving nothing swapped in."""
+
+
 class ReadWriteLock:
     """Many concurrent searches (FAISS releases the GIL) or one writer."""
 
@@ -395,6 +399,8 @@ class SegmentedIndex:
                     self._retrain()
                 elif (group := self._merge_group()) is not None:
                     self._merge(group)
+            except _Closing:
+                return
             except Exception:  # keep serving what there is; try again in a while
                 log.exception("%s: background index maintenance failed", self._dir.name)
                 failed = True
@@ -414,8 +420,9 @@ class SegmentedIndex:
                 self._work.wait(timeout=1.0)
 
     def close(self) -> None:
-        """Stop background work and seal the fresh segment, so the next start reads it
-        instead of encoding it again."""
+        """Stop background work (a merge or training under way is abandoned: the next start
+        finds it due again) and seal the fresh segment, so the next start reads it instead
+        of encoding it again."""
         with self._work:
             self._closed = True
             self._work.notify_all()
@@ -449,12 +456,7 @@ class SegmentedIndex:
         if self.layout.search_params:
             faiss.ParameterSpace().set_index_parameters(quantiser, self.layout.search_params)
         index = faiss.clone_index(quantiser)
-        held = set()
-        for number in numbers:
-            stored = self._source(number)
-            if stored is not None and len(stored[0]):
-                self._encode(index, number, *stored)
-                held.add(number)
+        held = self._encode_stored(index, numbers)
         quantiser_name, segment_name = self._next_name("quantiser"), self._next_name("segment")
         _write_atomically(self._dir / quantiser_name,
                           lambda tmp: faiss.write_index(quantiser, str(tmp)))
@@ -472,6 +474,22 @@ class SegmentedIndex:
             self._write_manifest(obsolete)
         log.info("%s: %s serving %d windows", self._dir.name, factory, self.ntotal)
 
+    def _encode_stored(self, index: faiss.Index, numbers: list[int]) -> set[int]:
+        """Encode the stored vectors of ``numbers`` into ``index``, reading one reference at a
+        time; returns those still stored. Stops if the index is closing."""
+        held = set()
+        for number in numbers:
+            self._stop_if_closing()
+            stored = self._source(number)
+            if stored is not None and len(stored[0]):
+                self._encode(index, number, *stored)
+                held.add(number)
+        return held
+
+    def _stop_if_closing(self) -> None:
+        if self._closed:
+            raise _Closing
+
     def _sample(self, numbers: list[int]) -> tuple[np.ndarray, int]:
         """A uniform sample of at most ``train_max`` stored windows (reservoir sampling, so
         one pass reading reference by reference), and how many windows there are."""
@@ -479,6 +497,7 @@ class SegmentedIndex:
         reservoir = np.empty((cap, self.layout.dim), np.float32)
         seen = 0
         for number in numbers:
+            self._stop_if_closing()
             stored = self._source(number)
             if stored is None:
                 continue
@@ -518,12 +537,8 @@ class SegmentedIndex:
         lists, merging a merged index again corrupted the heap (faiss-cpu 1.15.1)."""
         merged = self._empty()
         dead = set().union(*(s.numbers for s in group)) & self._tombstones
-        held = set()
-        for number in sorted(set().union(*(s.numbers for s in group)) - dead):
-            stored = self._source(number)
-            if stored is not None and len(stored[0]):
-                self._encode(merged, number, *stored)
-                held.add(number)
+        held = self._encode_stored(merged,
+                                   sorted(set().union(*(s.numbers for s in group)) - dead))
         name = self._next_name("segment")
         _write_atomically(self._dir / name, lambda tmp: faiss.write_index(merged, str(tmp)))
         with self._lock.write():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 
 import faiss
@@ -182,3 +183,35 @@ def test_layout_refuses_bad_settings() -> None:
     assert (LAYOUT.lists_for(200), LAYOUT.lists_for(400)) == (4, 8)
     default = Layout(DIM, "IVF{lists},Flat")
     assert [default.lists_for(n) for n in (20_000, 86_000, 14_000_000)] == [256, 512, 4096]
+
+
+def test_close_abandons_training_under_way(tmp_path: Path, references: dict) -> None:
+    """Closing does not wait for background training to finish: it is abandoned, nothing of
+    it is swapped in, and the next start trains again."""
+    catalogue = Catalogue()
+    started, release = threading.Event(), threading.Event()
+
+    def slow_source(number: int) -> tuple[np.ndarray, np.ndarray] | None:
+        if threading.current_thread().name == "segments":
+            started.set()
+            release.wait(timeout=30)
+        return catalogue.source(number)
+
+    index = SegmentedIndex(tmp_path / "index", LAYOUT, {"format": "test"}, slow_source,
+                           catalogue.live)
+    for number, reference in references.items():
+        catalogue.stored[number] = reference
+        index.add(number, *reference)
+    assert started.wait(timeout=30)
+    closing = threading.Thread(target=index.close)
+    closing.start()
+    while not index._closed:
+        time.sleep(0.01)
+    release.set()
+    closing.join(timeout=30)
+    assert not closing.is_alive()
+    assert index.factory == "IDMap,Flat"
+    reopened = catalogue.open(tmp_path / "index")  # too big to search exactly: trains first
+    assert reopened.factory.startswith("IVF")
+    assert self_found(reopened, references) > 0.9
+    reopened.close()
