@@ -128,6 +128,14 @@ def storage(data_dir: Path, audio_h: float) -> dict[str, Any]:
             "data_dir_bytes_by_entry": by_entry}
 
 
+def index_dirs(files: list[str]) -> list[str]:
+    """Where the index files are: the folders of a segmented index, or the files of an
+    older single-file one (results kept from before segments)."""
+    folders = sorted({str(Path(f).parent) + "/" for f in files if Path(f).parent.name in
+                      ("audio", "video")})
+    return folders or files or ["no *.faiss/*.index"]
+
+
 def judge(clip: clipsets.Clip, matches: list[Any], refs: dict[str, str],
           repeat: Callable[[clipsets.Clip, float], bool] | None = None) -> tuple[str, Any]:
     """Verdict on the top match (see the module docstring) and the top match itself.
@@ -393,7 +401,7 @@ def render(results: dict[str, Any]) -> str:
         f"| ingest, x realtime per CPU core | {ing['x_realtime_per_core']}x "
         f"({ing['audio_h']} h in {ing['cpu_s']} CPU s) |",
         f"| ingest wall | {ing['wall_s']} s ({ing['x_realtime_wall']}x realtime) |",
-        f"| index bytes per hour (`{'`, `'.join(idx['index_files']) or 'no *.faiss/*.index'}`) "
+        f"| index bytes per hour (`{'`, `'.join(index_dirs(idx['index_files']))}`) "
         f"| {idx['index_bytes_per_h'] / 1e6:.2f} MB/h |",
         f"| whole data dir per hour | {idx['data_dir_bytes_per_h'] / 1e6:.2f} MB/h |",
         f"| peak RSS of the benchmark process (catalogue open, all clips matched) "

@@ -2,8 +2,8 @@
 
 ``Catalog(data_dir)`` owns one data directory: ``catalog.sqlite`` (metadata),
 ``fingerprints/*.npz`` (each reference's audio and video descriptors, the source of truth)
-and ``index/audio.faiss``, ``index/video.faiss`` (the FAISS indexes, derived: rebuilt from
-the fingerprints whenever they are missing, stale or damaged).
+and ``index/audio/``, ``index/video/`` (each modality's segmented FAISS index, derived:
+rebuilt from the fingerprints whenever it is missing, damaged or built for other settings).
 
 Each modality is searched and aligned on its own; audio and video segments that agree on
 the reference and the offset are fused into one ``audio+video`` match.

@@ -428,7 +428,7 @@ class SegmentedIndex:
             self._work.notify_all()
         self._worker.join()
         with self._lock.write():
-            if self._quantiser is not None and self._fresh.ntotal:
+            if self._fresh.ntotal:
                 self._seal()
 
     def _retrain_due(self) -> bool:
