@@ -280,7 +280,8 @@ class SegmentedIndex:
         index = faiss.read_index(str(self._dir / name))
         if index.d != self.layout.dim:
             raise ValueError(f"{name} holds {index.d}-d vectors, expected {self.layout.dim}")
-        if self.layout.search_params:
+        if self.layout.search_params and faiss.try_extract_index_ivf(index) is not None:
+            # (an exact segment, sealed before training, has no search parameters)
             faiss.ParameterSpace().set_index_parameters(index, self.layout.search_params)
         return index
 

@@ -307,6 +307,7 @@ def test_restart_delete_and_rebuild(tmp_path: Path) -> None:
     catalog.close()
 
     catalog = Catalog(data)
+    assert catalog._indexes["audio"].index.segments == 1  # sealed (exact) on close, and read
     assert [m.title for m in catalog.match_media(query)] == ["chains"]
     catalog.delete(kept.reference_id)
     assert catalog.match_media(query) == []
