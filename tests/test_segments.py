@@ -211,7 +211,9 @@ def test_close_abandons_training_under_way(tmp_path: Path, references: dict) -> 
     closing.join(timeout=30)
     assert not closing.is_alive()
     assert index.factory == "IDMap,Flat"
-    reopened = catalogue.open(tmp_path / "index")  # too big to search exactly: trains first
+    reopened = catalogue.open(tmp_path / "index")  # the exact segment closing sealed
+    assert self_found(reopened, references) > 0.99
+    reopened.wait_idle()  # and the training is due again
     assert reopened.factory.startswith("IVF")
     assert self_found(reopened, references) > 0.9
     reopened.close()
