@@ -109,6 +109,8 @@ class _Top:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help=f"{LEVEL_S[True]:g} s per level")
+    parser.add_argument("--rpc-threads", type=int, default=0,
+                        help="the server's --rpc-threads (default: the server's default)")
     parser.add_argument("--write-md", action="store_true", help="regenerate BENCHMARKS.md")
     args = parser.parse_args(argv)
     from index.catalog import Catalog
@@ -125,7 +127,8 @@ def main(argv: list[str] | None = None) -> None:
         refs, _ = grid.ingest(catalog, catalogue)
         catalog.close()
         rows = []
-        with grid.serving(data_dir) as target:
+        extra = ("--rpc-threads", str(args.rpc_threads)) if args.rpc_threads else ()
+        with grid.serving(data_dir, *extra) as target:
             for clients in CLIENTS:
                 rows.append(level(target, clients, queries, refs, others, LEVEL_S[args.quick]))
                 print(rows[-1], file=sys.stderr)

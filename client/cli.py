@@ -197,7 +197,8 @@ def _cmd_health(client: ClipmatchClient, args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from server.app import serve  # the index and its dependencies load only for this command
 
-    serve(args.data_dir, args.listen, ingest_processes=args.ingest_processes)
+    serve(args.data_dir, args.listen, args.rpc_threads,
+          ingest_processes=args.ingest_processes)
     return 0
 
 

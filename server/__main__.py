@@ -12,7 +12,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m server", description=__doc__)
     options.add_arguments(parser)
     args = parser.parse_args(argv)
-    serve(args.data_dir, args.listen, ingest_processes=args.ingest_processes)
+    serve(args.data_dir, args.listen, args.rpc_threads,
+          ingest_processes=args.ingest_processes)
 
 
 if __name__ == "__main__":

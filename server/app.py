@@ -16,14 +16,14 @@ from grpc_reflection.v1alpha import reflection
 from clipmatch.v1 import clipmatch_pb2 as pb
 from clipmatch.v1 import clipmatch_pb2_grpc as pb_grpc
 from index.catalog import Catalog
-from server import logs
+from server import logs, options
 from server.options import DEFAULT_LISTEN
 from server.servicers import MatchServicer, ReferenceServicer
 
 SERVICE_NAMES = tuple(service.full_name for service in pb.DESCRIPTOR.services_by_name.values())
 MESSAGE_LIMIT_BYTES = 8 * 1024 * 1024
 """Headroom over gRPC's 4 MiB default for big fingerprints and list pages; media is streamed."""
-DEFAULT_WORKERS = 8
+DEFAULT_WORKERS = options.DEFAULT_RPC_THREADS
 GRACE_S = 10.0
 """How long in-flight calls may run on after SIGTERM before they are cancelled."""
 UPLOADS_DIR = "tmp"
