@@ -11,9 +11,7 @@ sends, ``Catalog.match``) and from their bytes (``Catalog.match_media``, decodin
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import itertools
-import json
 import os
 import sys
 import tempfile
@@ -188,17 +186,10 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(row)
         print(row, file=sys.stderr)
     catalog.close()
-    results = {"date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-               "commit": grid.commit(), "machine": grid.machine(),
-               "command": " ".join(["python -m benchmarks.scale", *(argv or sys.argv[1:])]),
-               "mode": "quick" if args.quick else "full", "queries": len(queries),
+    results = {**grid.run_stamp("benchmarks.scale", argv, args.quick), "queries": len(queries),
                "catalogue_tracks": len(catalogue), "distractor_sources": len(sources),
                "rows": rows}
-    stem = grid.RESULTS / ("scale" + ("_quick" if args.quick else ""))
-    stem.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
-    print(render(results))
-    if args.write_md:
-        grid.write_benchmarks_md()
+    grid.save_results("scale", results, render, args.write_md)
     temporary.cleanup()
 
 

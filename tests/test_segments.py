@@ -17,7 +17,7 @@ import pytest
 
 from fingerprint.audio import DIM, REFERENCE_HOP_S, band_frames, descriptors
 from fingerprint.decode import decode_audio
-from index.segments import Layout, SegmentedIndex
+from index.segments import SLOT_BITS, Layout, SegmentedIndex
 from tests.media import FIXTURES
 
 LAYOUT = Layout(DIM, "IVF{lists},PQ60x4fs", "nprobe=2", train_min=200, train_max=1_000,
@@ -84,12 +84,13 @@ def test_segments_answer_as_one_index(tmp_path: Path, references: dict) -> None:
     assert index.factory.startswith("IVF") and index.segments >= 2
     one = faiss.clone_index(index._quantiser)
     for number, (vectors, slots) in references.items():
-        one.add_with_ids(vectors, (np.int64(number) << 24) | slots)
+        one.add_with_ids(vectors, (np.int64(number) << SLOT_BITS) | slots)
     queries = np.concatenate([v[::7] for v, _ in references.values()])
     sims, numbers, slots = index.search(queries, 10)
     one_sims, one_ids = one.search(queries, 10)
     np.testing.assert_allclose(sims, one_sims, atol=1e-5)
-    agree = np.mean([set(zip(n, s, strict=True)) == set(zip(i >> 24, i & 0xFFFFFF, strict=True))
+    agree = np.mean([set(zip(n, s, strict=True))
+                     == set(zip(i >> SLOT_BITS, i & ((1 << SLOT_BITS) - 1), strict=True))
                      for n, s, i in zip(numbers, slots, one_ids, strict=True)])
     assert agree > 0.95  # rows differ only where two neighbours tie at the k-th place
     assert self_found(index, references) > 0.9
