@@ -539,11 +539,11 @@ class Catalog:
             reference = references.get(int(number))
             if reference is None:
                 continue
-            stored = self._fingerprints(int(number), reference.reference_id, "audio")
+            peaks_by_band = self._peaks_by_band(int(number), reference.reference_id)
             for shift in set(described.band_shifts):
                 which = [h for h, s in enumerate(described.band_shifts) if s == shift]
                 scales = tuple(described.hypotheses[h][1] for h in which)
-                lines = align.peak_offsets(*described.peaks, *stored.peaks_by_band, shift,
+                lines = align.peak_offsets(*described.peaks, *peaks_by_band, shift,
                                            scales, PEAK_TOLERANCE, 1)
                 found += [align.Segment(
                     reference=int(number), transform=h, evidence=float(n), query_start_s=0.0,
@@ -609,6 +609,15 @@ class Catalog:
             while len(self._cache) > FINGERPRINT_CACHE:
                 self._cache.pop(next(iter(self._cache)))
         return cached
+
+    def _peaks_by_band(self, number: int, reference_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """A reference's audio peaks grouped by band: from its cached fingerprints, else only
+        its peaks are read (most references searched by peaks are never verified)."""
+        with self._cache_lock:
+            cached = self._cache.get((number, "audio"))
+        if cached is not None:
+            return cached.peaks_by_band
+        return audio.peaks_by_band(self._store.peaks(reference_id, "audio"))
 
     def _hits(self, modality: Modality, described: _Described) -> align.Hits:
         """One FAISS search for the searched descriptors; each hit is then read under every

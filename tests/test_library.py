@@ -40,7 +40,7 @@ from index.catalog import (
     NotFoundError,
     fingerprint_reference,
 )
-from index.store import Fingerprints
+from index.store import Fingerprints, Store
 from tests.media import (
     CATALOGUE,
     audio_then_video,
@@ -381,6 +381,23 @@ def test_reference_registered_from_its_fingerprints_matches(tmp_path: Path) -> N
     assert matches and matches[0].title == "knolls"
     assert abs(matches[0].reference_start_s - 11.0) < 0.3
     catalog.close()
+
+
+def test_peaks_read_alone_are_the_stored_ones(tmp_path: Path) -> None:
+    """The offset search by peaks reads a reference's peaks without its descriptors: the
+    same peaks, and none for a reference without that track."""
+    duration_s, fingerprints = fingerprint_reference(fixture("knolls"))
+    store = Store(tmp_path / "data")
+    _, reference = store.add(title="knolls", external_id="", metadata={},
+                             duration_s=duration_s, content_sha256="cd" * 32,
+                             fingerprint_format="test", fingerprints=fingerprints)
+    peaks = store.peaks(reference.reference_id, "audio")
+    assert len(peaks) > 100
+    np.testing.assert_array_equal(peaks, fingerprints["audio"].peaks)
+    np.testing.assert_array_equal(peaks, store.fingerprints(reference.reference_id,
+                                                           "audio").peaks)
+    assert len(store.peaks(reference.reference_id, "video")) == 0
+    store.close()
 
 
 def test_trained_index_is_loaded_after_a_restart(tmp_path: Path,
