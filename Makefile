@@ -40,6 +40,7 @@ bench: $(BENCH_INSTALLED) $(GENERATED)
 	$(PY) -m benchmarks.anchor_grid --grid video --write-md
 	$(PY) -m benchmarks.ingest_scaling --write-md
 	$(PY) -m benchmarks.scale --write-md
+	$(PY) -m benchmarks.scale --modality video --write-md
 	$(PY) -m benchmarks.load --write-md
 
 bench-quick: $(BENCH_INSTALLED) $(GENERATED)
@@ -53,6 +54,7 @@ bench-quick: $(BENCH_INSTALLED) $(GENERATED)
 bench-scale: $(BENCH_INSTALLED) $(GENERATED)
 	bash benchmarks/setup.sh
 	$(PY) -m benchmarks.scale --write-md
+	$(PY) -m benchmarks.scale --modality video --write-md
 	$(PY) -m benchmarks.load --write-md
 
 bench-anchors: $(BENCH_INSTALLED) $(GENERATED)

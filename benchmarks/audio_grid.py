@@ -517,14 +517,16 @@ def write_benchmarks_md() -> None:
             results = json.loads((RESULTS / name).read_text())
             lines += [f"## {kind} against the anchors", "", "### This run", "",
                       *run_notes(results), anchor_grid.render(results, relative_to_results=False)]
-    scale = RESULTS / "scale.json"
-    if scale.exists():
-        from benchmarks import scale as scale_benchmark
+    from benchmarks import scale as scale_benchmark
 
-        results = json.loads(scale.read_text())
-        about = [part.replace("\n", " ") for part in scale_benchmark.__doc__.split("\n\n")]
-        lines += ["## Catalogue size", "", "\n\n".join(about), "", "### This run", "",
-                  *run_notes(results), scale_benchmark.render(results)]
+    about = [part.replace("\n", " ") for part in scale_benchmark.__doc__.split("\n\n")]
+    for heading, name in (("Catalogue size", "scale.json"),
+                          ("Catalogue size: video", "scale_video.json")):
+        if (RESULTS / name).exists():
+            results = json.loads((RESULTS / name).read_text())
+            lines += [f"## {heading}", "", *(["\n\n".join(about), ""] if about else []),
+                      "### This run", "", *run_notes(results), scale_benchmark.render(results)]
+            about = []  # said once
     scaling = RESULTS / "ingest_scaling.json"
     if scaling.exists():
         from benchmarks import ingest_scaling

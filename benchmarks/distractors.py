@@ -22,6 +22,12 @@ moved by 0 to 8 semitones), all 6 matches of non-catalogue clips were to reverse
 the clip's own track, 5 of them unshifted. Queries reach about 2 semitones at most (speed
 5 % is 0.85 semitone, the query grid adds 0.8 and the descriptor tolerates a fraction more),
 so from 3 semitones on a distractor is a different key of different music.
+
+Video distractors are the corpus footage turned upside down, and besides mirrored, as a
+photographic negative, or a part of the picture stretched to the whole (``VideoVariant``).
+Upside down, because no query hypothesis turns a picture over (they undo mirroring,
+borders, crops, insets and speeds of 0.9 to 1.1), so each copy is different footage with the
+textures, motion and cuts of real footage.
 """
 
 from __future__ import annotations
@@ -29,9 +35,11 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
-from fingerprint import audio
+from fingerprint import audio, video
+from fingerprint.decode import VIDEO_FRAME_RATE
 from index.store import Fingerprints
 
 SHIFTS_BANDS = tuple(s for s in range(-24, 25, 3) if abs(s) >= 9)
@@ -56,6 +64,77 @@ class Variant:
         mixed = f"+{self.partner}@{self.gain_db:g}dB" if self.partner is not None else ""
         return (f"distractor:{self.source}{mixed}:shift{self.shift_bands:+d}:"
                 f"tempo{self.tempo:g}:reversed")
+
+    def fingerprints(self, sources: list[np.ndarray]
+                     ) -> tuple[float, dict[str, Fingerprints], str]:
+        """(duration s, the reference fingerprints registration would store, a content
+        digest); ``sources`` are the corpus tracks' band frames."""
+        frames = audio.BandFrames(band_values(self, sources))
+        vectors, times, _ = audio.descriptors(frames, audio.REFERENCE_HOP_S)
+        return frames.duration_s, {"audio": Fingerprints(vectors, times, audio.peaks(frames))}, \
+            _digest(self.name)
+
+
+VIDEO_WINDOWS = {"whole": (0.0, 1.0, 0.0, 1.0), "centre": (0.15, 0.85, 0.15, 0.85),
+                 "left": (0.0, 1.0, 0.0, 0.7), "right": (0.0, 1.0, 0.3, 1.0)}
+"""Part of the picture a video distractor shows, stretched back to the whole frame, as
+(top, bottom, left, right) fractions: each frames the footage differently from the others
+and from the views registration keeps (the whole and its centre without 5 % a side)."""
+
+
+@dataclass(frozen=True)
+class VideoVariant:
+    """How one video distractor is made from the frames of source video ``source``: always
+    upside down, and besides as the other fields say. Only changes of the picture make
+    different descriptors: a copy played backwards or at another speed would repeat the
+    same frames, which different footage never does."""
+
+    source: int
+    mirrored: bool
+    negative: bool
+    window: str
+
+    @property
+    def name(self) -> str:
+        changes = [name for name, on in (("mirrored", self.mirrored),
+                                         ("negative", self.negative)) if on]
+        return f"distractor:video{self.source}:upside-down:{':'.join(changes)}:{self.window}"
+
+    def fingerprints(self, sources: list[np.ndarray]
+                     ) -> tuple[float, dict[str, Fingerprints], str]:
+        """As ``Variant.fingerprints``; ``sources`` are the corpus videos' grey frames."""
+        pixels = sources[self.source][:, ::-1]
+        height, width = pixels.shape[1:]
+        top, bottom, left, right = VIDEO_WINDOWS[self.window]
+        if (top, bottom, left, right) != (0.0, 1.0, 0.0, 1.0):
+            rows = slice(round(top * height), round(bottom * height))
+            columns = slice(round(left * width), round(right * width))
+            pixels = np.stack([cv2.resize(np.ascontiguousarray(p[rows, columns]),
+                                          (width, height), interpolation=cv2.INTER_AREA)
+                               for p in pixels])
+        if self.mirrored:
+            pixels = pixels[:, :, ::-1]
+        if self.negative:
+            pixels = 255 - pixels
+        frames = video.VideoFrames(np.ascontiguousarray(pixels),
+                                   np.arange(len(pixels)) / VIDEO_FRAME_RATE)
+        vectors, times, _ = video.descriptors(frames, video.reference_regions(frames))
+        order = np.argsort(times, kind="stable")  # as registration stores them
+        return frames.duration_s, {"video": Fingerprints(vectors[order], times[order])}, \
+            _digest(self.name)
+
+
+def video_plan(sources: int, seed: int = 0) -> list[VideoVariant]:
+    """Every video variant of ``sources`` videos, in a fixed random order."""
+    variants = [VideoVariant(source, mirrored, negative, window)
+                for source in range(sources) for mirrored in (False, True)
+                for negative in (False, True) for window in VIDEO_WINDOWS]
+    order = np.random.default_rng(seed).permutation(len(variants))
+    return [variants[i] for i in order]
+
+
+def _digest(name: str) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()
 
 
 def plan(sources: int, count: int, seed: int = 0) -> list[Variant]:
@@ -109,19 +188,8 @@ def mix(values: np.ndarray, other: np.ndarray, gain_db: float) -> np.ndarray:
 
 
 def band_values(variant: Variant, sources: list[np.ndarray]) -> np.ndarray:
-    values = sources[variant.source]
+    values = sources[variant.source].astype(np.float32)  # stored as float16
     if variant.partner is not None:
-        values = mix(values, sources[variant.partner], variant.gain_db)
+        values = mix(values, sources[variant.partner].astype(np.float32), variant.gain_db)
     values = change_tempo(shift_bands(values, variant.shift_bands), variant.tempo)
     return np.ascontiguousarray(values[::-1], np.float32)
-
-
-def fingerprints(variant: Variant, sources: list[np.ndarray]
-                 ) -> tuple[float, dict[str, Fingerprints], str]:
-    """(duration s, the reference fingerprints registration would store, a content digest)
-    of one distractor."""
-    frames = audio.BandFrames(band_values(variant, sources))
-    vectors, times, _ = audio.descriptors(frames, audio.REFERENCE_HOP_S)
-    digest = hashlib.sha256(variant.name.encode()).hexdigest()
-    return frames.duration_s, {"audio": Fingerprints(vectors, times, audio.peaks(frames))}, digest
-

@@ -1,11 +1,15 @@
-"""The audio catalogue grown to hundreds and thousands of hours: the real catalogue padded
-with distractors (``benchmarks.distractors``: real music made into different music), and at
-each size the real query grid's accuracy, match latency, build time, memory, index bytes
-per hour and start-up time after a restart, measured in one run on one machine.
+"""The catalogue grown to hundreds and thousands of hours: the real catalogue padded with
+distractors (``benchmarks.distractors``: real music made into different music, real footage
+into different footage), and at each size the real query grid's accuracy, match latency,
+build time, memory, index bytes per hour and start-up time after a restart, measured in one
+run on one machine.
 
-Queries are a fixed sample of the audio grid's clips (every row, catalogue and
+Queries are a fixed sample of the audio (or video) grid's clips (every row, catalogue and
 non-catalogue), matched in-process one at a time: from their fingerprints (what a crawler
 sends, ``Catalog.match``) and from their bytes (``Catalog.match_media``, decoding included).
+The video corpus is minutes long, so the video catalogue grows only as far as its
+distractor variants reach (a few hours): far enough to train its index and measure its
+size per hour, and how search time grows with it.
 """
 
 from __future__ import annotations
@@ -30,12 +34,15 @@ from benchmarks import clips as clipsets
 from benchmarks import distractors
 from benchmarks.corpus import CACHE, Track, readable
 
-SIZES_H = {False: (100.0, 1000.0, 2000.0), True: (20.0,)}
-QUERY_SAMPLE = {False: 6, True: 12}
+SIZES_H = {"audio": {False: (100.0, 1000.0, 2000.0), True: (20.0,)},
+           "video": {False: (1.0, 2.0, 4.0), True: (1.0,)}}
+QUERY_SAMPLE = {"audio": {False: 6, True: 12}, "video": {False: 3, True: 6}}
 """Every n-th clip of the grid is a query (the grid's clips are ordered by row and length,
 so every row keeps its share)."""
 BANDS = CACHE / "scale" / "bands"
 """Band frames of every corpus track, computed once: what the distractors are made from."""
+FRAMES = CACHE / "scale" / "frames"
+"""Grey frames of every corpus video, decoded once."""
 LATENCY_LENGTH_S = 10.0
 
 
@@ -66,6 +73,21 @@ def band_sources(tracks: list[Track]) -> list[Path]:
     return paths
 
 
+def frame_sources(videos: list[Any]) -> list[Path]:
+    """Each corpus video's grey frames as a uint8 .npy file, decoded once."""
+    from fingerprint.decode import decode_media
+
+    FRAMES.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for item in tqdm(videos, desc="frames of the corpus", unit="video"):
+        path = FRAMES / f"{item.sha256[:16]}.npy"
+        if not path.exists():
+            np.save(path.with_suffix(".tmp.npy"), decode_media(str(item.file), audio=False).frames)
+            path.with_suffix(".tmp.npy").replace(path)
+        paths.append(path)
+    return paths
+
+
 _SOURCES: list[np.ndarray] = []
 
 
@@ -73,17 +95,17 @@ def _load_sources(paths: list[Path]) -> None:
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)
-    _SOURCES[:] = [np.load(p, mmap_mode="r").astype(np.float32) for p in paths]
+    _SOURCES[:] = [np.load(p, mmap_mode="r") for p in paths]
 
 
-def _make(variant: distractors.Variant) -> tuple[distractors.Variant, float, Any, str]:
-    return variant, *distractors.fingerprints(variant, _SOURCES)
+def _make(variant: Any) -> tuple[Any, float, Any, str]:
+    return variant, *variant.fingerprints(_SOURCES)
 
 
-def grow(catalog: Any, sources: list[Path], variants: Iterator[distractors.Variant],
+def grow(catalog: Any, sources: list[Path], variants: Iterator[Any],
          target_h: float, hours: float) -> tuple[float, int]:
-    """Register distractors (made on every core) until the catalogue holds ``target_h``;
-    returns the hours reached and how many were added."""
+    """Register distractors (made on every core) until the catalogue holds ``target_h`` or
+    the variants run out; returns the hours reached and how many were added."""
     added = 0
     with ProcessPoolExecutor(os.cpu_count() or 1, initializer=_load_sources,
                              initargs=(sources,)) as pool:
@@ -91,8 +113,8 @@ def grow(catalog: Any, sources: list[Path], variants: Iterator[distractors.Varia
                         unit="h", bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} h [{elapsed}]")
         while hours < target_h and (batch := list(itertools.islice(variants, 64))):
             for variant, duration_s, fingerprints, digest in pool.map(_make, batch):
-                if len(fingerprints["audio"].vectors) == 0:
-                    continue  # silent throughout: registration would refuse it too
+                if not any(len(fp.vectors) for fp in fingerprints.values()):
+                    continue  # blank throughout: registration would refuse it too
                 catalog.register_fingerprints(fingerprints, title=variant.name,
                                               duration_s=duration_s, content_sha256=digest)
                 hours += duration_s / 3600
@@ -103,8 +125,8 @@ def grow(catalog: Any, sources: list[Path], variants: Iterator[distractors.Varia
 
 
 def measure(catalog: Any, queries: list[tuple[clipsets.Clip, Any]], refs: dict[str, str],
-            data_dir: Path, hours: float) -> dict[str, Any]:
-    """Accuracy, latency, memory and index size against the catalogue as it stands. The
+            hours: float, repeat: Any) -> dict[str, Any]:
+    """Accuracy, latency and memory against the catalogue as it stands. The
     clips sent as bytes are matched in a pass of their own, after the others: matched
     straight after the same clip's fingerprints, they would find the references it needs
     already in the verification cache."""
@@ -113,7 +135,7 @@ def measure(catalog: Any, queries: list[tuple[clipsets.Clip, Any]], refs: dict[s
         start = time.perf_counter()
         matches = catalog.match(query)
         elapsed = time.perf_counter() - start
-        verdict, top = grid.judge(clip, matches, refs, grid.is_repeat)
+        verdict, top = grid.judge(clip, matches, refs, repeat)
         outcomes.append(grid.Outcome(clip, verdict, None if top is None else asdict(top),
                                      elapsed))
     for clip, _ in queries:
@@ -130,8 +152,7 @@ def measure(catalog: Any, queries: list[tuple[clipsets.Clip, Any]], refs: dict[s
             "false_matches": sum(o.verdict == "false" for o in outcomes),
             "negative_clips": len(outcomes) - len(catalogue),
             "fingerprint_ms": latency(ten), "bytes_ms": latency(from_bytes),
-            "rss_mb": rss_mb(),
-            "index_mb_per_h": round(grid.storage(data_dir, hours)["index_bytes_per_h"] / 1e6, 3)}
+            "rss_mb": rss_mb()}
 
 
 def latency(seconds: list[float]) -> dict[str, float]:
@@ -140,67 +161,100 @@ def latency(seconds: list[float]) -> dict[str, float]:
         ms) else {}
 
 
+def planned(modality: str, quick: bool) -> tuple[list[Any], list[clipsets.Clip], list[Path],
+                                                Iterator[Any], Any]:
+    """What a run of ``modality`` needs: the real catalogue, the query clips, the distractors'
+    source files, the distractor variants in order, and how offsets repeat (audio only)."""
+    sample = QUERY_SAMPLE[modality][quick]
+    if modality == "audio":
+        tracks, catalogue, clips = grid.planned("eval", False)
+        catalogue = [t for t in catalogue if readable(t.file)]
+        sources = band_sources(tracks)
+        variants = iter(distractors.plan(len(sources), 200_000))
+        repeat = grid.is_repeat
+    else:
+        from benchmarks import video_grid
+        from benchmarks.corpus import fetch_package
+        from benchmarks.video_corpus import load_videos
+        from benchmarks.video_degrade import FONT
+
+        videos = load_videos()
+        catalogue = [v for v in videos if v.role == "catalogue"]
+        clips = video_grid.plan("eval", False, videos)
+        video_grid.materialise(clips[::sample], fetch_package("fonts-nanum") / FONT)
+        sources = frame_sources(videos)
+        variants = iter(distractors.video_plan(len(sources)))
+        repeat = None
+    clips = [c for c in clips[::sample]
+             if c.track in {t.key for t in catalogue} or c.role != "catalogue"]
+    return catalogue, clips, sources, variants, repeat
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="one size (20 h), fewer clips")
-    parser.add_argument("--sizes", help="comma-separated catalogue hours (default "
-                        f"{','.join(f'{s:g}' for s in SIZES_H[False])})")
+    parser.add_argument("--modality", choices=("audio", "video"), default="audio",
+                        help="which catalogue grows (default audio)")
+    parser.add_argument("--quick", action="store_true", help="one size, fewer clips")
+    parser.add_argument("--sizes", help="comma-separated catalogue hours (default audio "
+                        f"{','.join(f'{s:g}' for s in SIZES_H['audio'][False])}, video "
+                        f"{','.join(f'{s:g}' for s in SIZES_H['video'][False])})")
     parser.add_argument("--data-dir", type=Path, help="keep the catalogue here (default: a "
                         "temporary folder, removed at the end)")
     parser.add_argument("--write-md", action="store_true", help="regenerate BENCHMARKS.md")
     args = parser.parse_args(argv)
     sizes = ([float(s) for s in args.sizes.split(",")] if args.sizes
-             else list(SIZES_H[args.quick]))
+             else list(SIZES_H[args.modality][args.quick]))
     from index.catalog import Catalog, fingerprint_media
 
-    tracks, catalogue, clips = grid.planned("eval", False)
-    catalogue = [t for t in catalogue if readable(t.file)]
-    queries_clips = [c for c in clips[::QUERY_SAMPLE[args.quick]]
-                     if c.track in {t.key for t in catalogue} or c.role != "catalogue"]
-    queries = [(c, fingerprint_media(c.path)) for c in tqdm(queries_clips, desc="queries",
-                                                             unit="clip")]
-    sources = band_sources(tracks)
-    variants = iter(distractors.plan(len(sources), 200_000))
+    catalogue, clips, sources, variants, repeat = planned(args.modality, args.quick)
+    queries = [(c, fingerprint_media(c.path)) for c in tqdm(clips, desc="queries", unit="clip")]
     temporary = tempfile.TemporaryDirectory(prefix="clipmatch-scale-")
     data_dir = args.data_dir or Path(temporary.name) / "data"
+    index_dir = data_dir / "index" / args.modality
     catalog = Catalog(data_dir)
     refs, costs = grid.ingest(catalog, catalogue)
-    hours = costs["audio_h"]
-    rows = [{"distractors": 0, "build_s": 0.0,
-             **measure(catalog, queries, refs, data_dir, hours)}]
-    print(rows[-1], file=sys.stderr)
-    total_added = 0
-    for size in sizes:
+    hours = costs["audio_h"]  # hours of media registered, whichever tracks it has
+    rows, total_added, added = [], 0, 0
+    for size in [0.0, *sizes]:
         start = time.perf_counter()
-        hours, added = grow(catalog, sources, variants, size, hours)
-        catalog.wait_for_index()
+        if size:
+            hours, added = grow(catalog, sources, variants, size, hours)
+            catalog.wait_for_index()
         build_s = time.perf_counter() - start
         total_added += added
         row = {"distractors": total_added, "build_s": round(build_s, 1),
-               **measure(catalog, queries, refs, data_dir, hours)}
-        catalog.close()
+               **measure(catalog, queries, refs, hours, repeat)}
+        catalog.close()  # writes the fresh segment too: the index is then all on disk
+        row["index_mb_per_h"] = round(sum(p.stat().st_size for p in index_dir.glob("*.faiss"))
+                                      / hours / 1e6, 3)
         start = time.perf_counter()
         catalog = Catalog(data_dir)
         catalog.match(queries[0][1])
         row["restart_s"] = round(time.perf_counter() - start, 1)
         rows.append(row)
         print(row, file=sys.stderr)
+        if size and added == 0:
+            break  # the distractor variants ran out
     catalog.close()
-    results = {**grid.run_stamp("benchmarks.scale", argv, args.quick), "queries": len(queries),
+    results = {**grid.run_stamp("benchmarks.scale", argv, args.quick),
+               "modality": args.modality, "queries": len(queries),
                "catalogue_tracks": len(catalogue), "distractor_sources": len(sources),
                "rows": rows}
-    grid.save_results("scale", results, render, args.write_md)
+    grid.save_results("scale" if args.modality == "audio" else "scale_video", results, render,
+                      args.write_md)
     temporary.cleanup()
 
 
 def render(results: dict[str, Any]) -> str:
-    lines = [f"{results['queries']} queries from the audio grid's eval clips (every "
-             f"{QUERY_SAMPLE[results['mode'] == 'quick']}th); the first row is the real "
-             f"catalogue alone ({results['catalogue_tracks']} tracks); distractors made from "
-             f"{results['distractor_sources']} corpus tracks.", "",
+    modality = results.get("modality", "audio")
+    kind = {"audio": "tracks", "video": "videos"}[modality]
+    lines = [f"{results['queries']} queries from the {modality} grid's eval clips (every "
+             f"{QUERY_SAMPLE[modality][results['mode'] == 'quick']}th); the first row is the "
+             f"real catalogue alone ({results['catalogue_tracks']} {kind}); distractors made "
+             f"from {results['distractor_sources']} corpus {kind}.", "",
              "| hours | distractors | % title + offset | false matches | 10 s clip from "
              "fingerprints p50 / p95 / p99 | from bytes p50 / p95 / p99 | build | RSS | "
-             "index MB/h | restart |", "|---" * 10 + "|"]
+             f"{modality} index MB/h | restart |", "|---" * 10 + "|"]
     for r in results["rows"]:
         fp, by = r["fingerprint_ms"], r["bytes_ms"]
         lines.append(
