@@ -263,7 +263,7 @@ def render(results: dict[str, Any]) -> str:
             f"{fp.get('p50')} / {fp.get('p95')} / {fp.get('p99')} ms | "
             f"{by.get('p50')} / {by.get('p95')} / {by.get('p99')} ms | {r['build_s']:g} s | "
             f"{r['rss_mb']:g} MB | {r['index_mb_per_h']} | {r.get('restart_s', '–')} s |")
-    if (projected := projection(results["rows"])) is not None:
+    if modality == "audio" and (projected := projection(results["rows"])) is not None:
         lines += ["", f"Resident memory grows by {projected['mb_per_h']:g} MB per hour of "
                   f"reference between the two largest sizes; at that rate 10,000 h would "
                   f"take {projected['gb_at_10000_h']:g} GB."]
