@@ -54,38 +54,40 @@ def rss_mb() -> float:
     return float("nan")
 
 
-def band_sources(tracks: list[Track]) -> list[Path]:
-    """Each readable corpus track's band frames as a float16 .npy file, computed once."""
-    from fingerprint.audio import band_frames
-    from fingerprint.decode import decode_audio
-
-    BANDS.mkdir(parents=True, exist_ok=True)
+def _cached_arrays(items: list[Any], folder: Path, compute: Any, desc: str) -> list[Path]:
+    """Each item's array (``compute(item)``; None leaves the item out) as a .npy file in
+    ``folder``, named by the item's sha256 and computed once."""
+    folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    for track in tqdm(tracks, desc="band frames of the corpus", unit="track"):
-        path = BANDS / f"{track.sha256[:16]}.npy"
+    for item in tqdm(items, desc=desc, unit="file"):
+        path = folder / f"{item.sha256[:16]}.npy"
         if not path.exists():
-            if not readable(track.file):
+            values = compute(item)
+            if values is None:
                 continue
-            values = band_frames(decode_audio(str(track.file))).values.astype(np.float16)
             np.save(path.with_suffix(".tmp.npy"), values)
             path.with_suffix(".tmp.npy").replace(path)
         paths.append(path)
     return paths
 
 
+def band_sources(tracks: list[Track]) -> list[Path]:
+    """Each readable corpus track's band frames as float16, computed once."""
+    from fingerprint.audio import band_frames
+    from fingerprint.decode import decode_audio
+
+    return _cached_arrays(
+        tracks, BANDS, lambda t: band_frames(decode_audio(str(t.file))).values.astype(
+            np.float16) if readable(t.file) else None, "band frames of the corpus")
+
+
 def frame_sources(videos: list[Any]) -> list[Path]:
-    """Each corpus video's grey frames as a uint8 .npy file, decoded once."""
+    """Each corpus video's grey frames (uint8), decoded once."""
     from fingerprint.decode import decode_media
 
-    FRAMES.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for item in tqdm(videos, desc="frames of the corpus", unit="video"):
-        path = FRAMES / f"{item.sha256[:16]}.npy"
-        if not path.exists():
-            np.save(path.with_suffix(".tmp.npy"), decode_media(str(item.file), audio=False).frames)
-            path.with_suffix(".tmp.npy").replace(path)
-        paths.append(path)
-    return paths
+    return _cached_arrays(videos, FRAMES,
+                          lambda v: decode_media(str(v.file), audio=False).frames,
+                          "frames of the corpus")
 
 
 _SOURCES: list[np.ndarray] = []
