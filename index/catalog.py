@@ -178,8 +178,9 @@ VIDEO = Modality("video", video.FORMAT, video.DIM, 1.0 / VIDEO_FRAME_RATE,
                  refine_speeds=VIDEO_SPEEDS)
 """Frames of unrelated footage reach 0.53 at the 99th percentile, so votes start at 0.6.
 
-One 4-bit code per descriptor dimension (32 bytes per frame view, plus the 8-byte id: 1.1 MB
-per hour at 4 frames and 2 views a second), in an inverted file like audio's. Measured on the
+One 4-bit code per descriptor dimension (32 bytes per frame view, plus the 8-byte id, at 4
+frames and 2 views a second), in an inverted file like audio's: 1.4 MB per hour of video
+measured (``benchmarks.scale --modality video``). Measured on the
 video grid's dev clips (every 6th) against the catalogue padded with 1.6 h of upside-down
 footage (``benchmarks.distractors``), where the index is trained: an exact index found 98.7 %
 with title and offset, 21 codes of 4 bits (the setting before) 69.2 % (76.9 % with 80
