@@ -199,6 +199,13 @@ clear it), and the 8 strongest alignments found are verified. Such a line was ch
 among some 10^6 offsets, so chance lifts its peak z-score more than that of a line the votes
 chose: its margin is lowered by 1.5 (on the dev negatives, the best peak-searched line beat
 the best voted line by 1.4)."""
+PEAK_SEARCH_REACH_S = 10.0
+"""A reference is searched by its peaks only within 10 s of where one of its hits puts the
+clip, so the search costs what its hits point at, not the reference's length (a 70-minute
+episode would otherwise cost 20 songs). On all 2,457 dev clips against the eval catalogue
+padded to 1,000 h, side by side: 88.2 % found instead of 88.3 (one 5 s clip), 10 s clips p95
+72 instead of 105 ms, clips of nothing catalogued p50 66 instead of 88 ms; within 30 s, 88.3 %
+and 88 / 78 ms."""
 
 FUSE_TOLERANCE_S = 1.0
 """Audio and video segments of one reference whose offsets agree this closely are one match."""
@@ -536,27 +543,35 @@ class Catalog:
 
     def _peak_candidates(self, described: _Described, hits: align.Hits) -> list[align.Segment]:
         """Alignments found by spectral peaks alone (``align.peak_offsets``) in the references
-        that the window descriptors voted for most, at any offset: under speech at 0 dB the
-        true reference is among the 30 most voted for 95 % of 5 s dev clips, but on a line
-        the votes can see for only 78 %."""
+        that the window descriptors voted for most, near where their hits put the clip
+        (``PEAK_SEARCH_REACH_S``) but on no line: under speech at 0 dB the true reference is
+        among the 30 most voted for 95 % of 5 s dev clips, but on a line the votes can see
+        for only 78 %."""
         weight = align.hit_weight(hits.similarity, PEAK_SEARCH_FLOOR)
         numbers, inverse = np.unique(hits.reference, return_inverse=True)
         totals = np.bincount(inverse, weights=weight, minlength=len(numbers))
-        voted = numbers[np.argsort(-totals, kind="stable")[:PEAK_SEARCH_REFERENCES]]
-        references = self._store.by_numbers(sorted(int(n) for n in voted))
+        voted = np.argsort(-totals, kind="stable")[:PEAK_SEARCH_REFERENCES]
+        references = self._store.by_numbers(sorted(int(numbers[v]) for v in voted))
+        clip_start = (hits.reference_time - hits.query_time * hits.time_scale) * audio.FRAME_RATE_HZ
+        reach = PEAK_SEARCH_REACH_S * audio.FRAME_RATE_HZ
+        length = max(scale for _, scale in described.hypotheses) * described.duration_s
         found: list[align.Segment] = []
-        for number in voted:
-            reference = references.get(int(number))
+        for vote in voted:
+            number = int(numbers[vote])
+            reference = references.get(number)
             if reference is None:
                 continue
-            peaks_by_band = self._peaks_by_band(int(number), reference.reference_id)
+            starts = clip_start[inverse == vote]
+            peaks_by_band = align.peaks_within(
+                *self._peaks_by_band(number, reference.reference_id), starts - reach,
+                starts + reach + length * audio.FRAME_RATE_HZ)
             for shift in set(described.band_shifts):
                 which = [h for h, s in enumerate(described.band_shifts) if s == shift]
                 scales = tuple(described.hypotheses[h][1] for h in which)
                 lines = align.peak_offsets(*described.peaks, *peaks_by_band, shift,
                                            scales, PEAK_TOLERANCE, 1)
                 found += [align.Segment(
-                    reference=int(number), transform=h, evidence=float(n), query_start_s=0.0,
+                    reference=number, transform=h, evidence=float(n), query_start_s=0.0,
                     query_end_s=described.duration_s,
                     reference_start_s=offset / audio.FRAME_RATE_HZ,
                     reference_end_s=offset / audio.FRAME_RATE_HZ + scale * described.duration_s,

@@ -29,7 +29,7 @@ from fingerprint.audio import (
 )
 from fingerprint.decode import SAMPLE_RATE, MediaError, decode_audio, decode_media
 from index import catalog as catalog_module
-from index.align import Segment, peak_evidence, peak_map, peak_offsets
+from index.align import Segment, peak_evidence, peak_map, peak_offsets, peaks_within
 from index.catalog import (
     AUDIO,
     PEAK_BAND_SHIFT,
@@ -220,6 +220,30 @@ def test_peak_offsets_find_where_a_noisy_clip_starts() -> None:
     # Sustained notes echo the true alignment a few frames either side; elsewhere is chance.
     elsewhere = np.abs(offsets / FRAME_RATE_HZ - 12.0) > 1.0
     assert hits[0] > 1.5 * hits[elsewhere].max()
+
+
+def test_peaks_within_keep_exactly_the_spans_and_what_they_hold_is_found() -> None:
+    codes = peaks(_frames("knolls", 0, 30))
+    frames, bands = peak_frames_bands(codes)
+    spans = np.array([[5.0, 8.0], [20.0, 21.0], [6.0, 9.0]]) * FRAME_RATE_HZ
+    kept, starts = peaks_within(*peaks_by_band(codes), spans[:, 0], spans[:, 1])
+    inside = ((frames[:, None] >= spans[:, 0]) & (frames[:, None] <= spans[:, 1])).any(axis=1)
+    assert 0 < inside.sum() < len(frames)
+    for band in range(N_BANDS):
+        assert list(kept[starts[band]:starts[band + 1]]) == sorted(frames[inside & (bands == band)])
+
+    clip = excerpt(load(fixture("knolls"), SAMPLE_RATE), 12.0, 5.0, SAMPLE_RATE)
+    (query_frames, query_bands), _ = _peak_query(with_noise(clip, 0.0))
+
+    def best_s(first_s: float, last_s: float) -> float:
+        reference = peaks_within(*peaks_by_band(codes), np.array([first_s * FRAME_RATE_HZ]),
+                                 np.array([last_s * FRAME_RATE_HZ]))
+        [(offsets, _)] = peak_offsets(query_frames, query_bands, *reference, 0, (1.0,),
+                                      PEAK_TOLERANCE, 1)
+        return offsets[0] / FRAME_RATE_HZ
+
+    assert abs(best_s(8.0, 20.0) - 12.0) <= 0.1
+    assert abs(best_s(20.0, 30.0) - 12.0) > 2.0  # the true start's peaks were left out
 
 
 # -- catalogue: store, index, alignment ---------------------------------------------------
