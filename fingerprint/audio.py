@@ -306,10 +306,11 @@ def peaks_between(codes: np.ndarray, first_frame: float, last_frame: float
 
 
 def peaks_by_band(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The ``peaks`` codes' frames grouped by band: (frames, starts) where band b's frames are
-    ``frames[starts[b]:starts[b + 1]]``, ascending: what an offset search looks up."""
+    """The ``peaks`` codes' frames (int32, as the offset search computes) grouped by band:
+    (frames, starts) where band b's frames are ``frames[starts[b]:starts[b + 1]]``,
+    ascending: what an offset search looks up."""
     codes = np.asarray(codes, dtype=np.uint32)
     by_band = np.sort((codes & ((1 << _BAND_BITS) - 1)) << (32 - _BAND_BITS)
                       | codes >> _BAND_BITS)  # band first: one sort of one key, not a lexsort
-    return ((by_band & ((1 << (32 - _BAND_BITS)) - 1)).astype(np.int64),
+    return ((by_band & ((1 << (32 - _BAND_BITS)) - 1)).astype(np.int32),
             np.searchsorted(by_band >> (32 - _BAND_BITS), np.arange(N_BANDS + 1)))

@@ -373,7 +373,7 @@ def peak_offsets(query_frames: np.ndarray, query_bands: np.ndarray,
     # int32 throughout: these arrays are the whole cost, and half the bytes move twice as fast
     rows = (np.repeat(first - np.cumsum(counts, dtype=np.int32) + counts, counts)
             + np.arange(int(counts.sum()), dtype=np.int32))
-    reference = reference_frames.astype(np.int32)[rows]
+    reference = reference_frames.astype(np.int32, copy=False)[rows]
     query = np.repeat(query, counts)
     return [_strongest_offsets(
         reference - np.round(scale * query_frames).astype(np.int32)[query], dt, count)
