@@ -53,8 +53,9 @@ RESULTS = REPO / "benchmarks" / "results"
 BENCHMARKS_MD = REPO / "BENCHMARKS.md"
 OFFSET_TOLERANCE_S = 1.0
 REPEAT_CORRELATION = 0.9
-INDEX_PATTERNS = ("*.faiss", "*.index")
-"""Files holding the vector index; the rest of the data dir is metadata and raw fingerprints."""
+INDEX_PATTERNS = ("*.faiss", "*.index", "*.landmarks")
+"""Files holding the index (FAISS segments and their landmark tables); the rest of the data
+dir is metadata and raw fingerprints."""
 LATENCY_CLIPS = {False: 100, True: 30}
 WARMUP_CLIPS = 5
 SERVER_START_TIMEOUT_S = 300.0

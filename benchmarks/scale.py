@@ -227,8 +227,8 @@ def main(argv: list[str] | None = None) -> None:
         row = {"distractors": total_added, "build_s": round(build_s, 1),
                **measure(catalog, queries, refs, hours, repeat)}
         catalog.close()  # writes the fresh segment too: the index is then all on disk
-        row["index_mb_per_h"] = round(sum(p.stat().st_size for p in index_dir.glob("*.faiss"))
-                                      / hours / 1e6, 3)
+        row["index_mb_per_h"] = round(sum(p.stat().st_size for pattern in grid.INDEX_PATTERNS
+                                          for p in index_dir.glob(pattern)) / hours / 1e6, 3)
         start = time.perf_counter()
         catalog = Catalog(data_dir)
         catalog.match(queries[0][1])

@@ -303,14 +303,3 @@ def peaks_between(codes: np.ndarray, first_frame: float, last_frame: float
     lo = np.searchsorted(codes, max(int(np.ceil(first_frame)), 0) << _BAND_BITS)
     hi = np.searchsorted(codes, (max(int(np.floor(last_frame)), -1) + 1) << _BAND_BITS)
     return peak_frames_bands(codes[lo:hi])
-
-
-def peaks_by_band(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The ``peaks`` codes' frames (int32, as the offset search computes) grouped by band:
-    (frames, starts) where band b's frames are ``frames[starts[b]:starts[b + 1]]``,
-    ascending: what an offset search looks up."""
-    codes = np.asarray(codes, dtype=np.uint32)
-    by_band = np.sort((codes & ((1 << _BAND_BITS) - 1)) << (32 - _BAND_BITS)
-                      | codes >> _BAND_BITS)  # band first: one sort of one key, not a lexsort
-    return ((by_band & ((1 << (32 - _BAND_BITS)) - 1)).astype(np.int32),
-            np.searchsorted(by_band >> (32 - _BAND_BITS), np.arange(N_BANDS + 1)))

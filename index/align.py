@@ -8,9 +8,8 @@ the same stretch of query is right (a looped passage of the true reference, a lo
 elsewhere) is settled after ``verify`` has rated each along its whole line, so a clip that
 holds two references still returns both.
 
-For audio, ``peak_evidence`` rates a line by its spectral peaks too, and ``peak_offsets``
-finds lines from peaks alone (Wang's offset histogram) in references the votes point to
-when no voted line holds up.
+For audio, ``peak_evidence`` rates a line by its spectral peaks too (lines found from peaks
+alone, when no voted line holds up, come from ``index.landmarks``).
 """
 
 from __future__ import annotations
@@ -346,70 +345,3 @@ def peak_evidence(segment: Segment, reference_frames: np.ndarray, reference_band
     variance = np.maximum(expected * (1.0 - expected / np.maximum(tested, 1)), 1e-6)
     z = np.where(tested >= MIN_PEAKS, (hits - expected) / np.sqrt(variance), 0.0)
     return float(z.max())
-
-
-def peak_offsets(query_frames: np.ndarray, query_bands: np.ndarray,
-                 reference_frames: np.ndarray, band_starts: np.ndarray, band_shift: int,
-                 time_scales: tuple[float, ...], tolerance: tuple[int, int], count: int
-                 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per time scale, the ``count`` alignments of one reference on which most query peaks
-    fall on reference peaks, as (reference frame at query frame 0, peaks that coincide),
-    strongest first: Wang's offset histogram over single peaks, for the clips whose window
-    descriptors found no line (speech or noise at 0 dB drown them first).
-
-    ``reference_frames`` / ``band_starts`` hold the reference's peak frames by band
-    (``fingerprint.audio.peaks_by_band``); a query peak in band b meets the reference peaks
-    of band b - ``band_shift``, give or take ``tolerance`` (frames, bands). The pairs that
-    meet are found once for all ``time_scales`` (hypotheses with this band shift).
-    """
-    dt, db = tolerance
-    n_bands = len(band_starts) - 1
-    band = (query_bands - band_shift)[None, :] + np.arange(-db, db + 1)[:, None]
-    inside = (band >= 0) & (band < n_bands)
-    query = np.broadcast_to(np.arange(len(query_bands), dtype=np.int32), band.shape)[inside]
-    band = band[inside]
-    first = band_starts[band].astype(np.int32)
-    counts = band_starts[band + 1].astype(np.int32) - first
-    # int32 throughout: these arrays are the whole cost, and half the bytes move twice as fast
-    rows = (np.repeat(first - np.cumsum(counts, dtype=np.int32) + counts, counts)
-            + np.arange(int(counts.sum()), dtype=np.int32))
-    reference = reference_frames.astype(np.int32, copy=False)[rows]
-    query = np.repeat(query, counts)
-    return [_strongest_offsets(
-        reference - np.round(scale * query_frames).astype(np.int32)[query], dt, count)
-        for scale in time_scales]
-
-
-def peaks_within(frames: np.ndarray, band_starts: np.ndarray, first: np.ndarray,
-                 last: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Peaks grouped by band (``fingerprint.audio.peaks_by_band``) kept only where some span
-    ``[first[i], last[i]]`` (frames) holds them, still grouped by band: an offset search over
-    them then costs what the spans hold, not what the whole reference holds."""
-    if len(first) == 0:
-        return frames[:0], np.zeros_like(band_starts)
-    order = np.argsort(first)
-    first, last = first[order], np.maximum.accumulate(last[order])
-    span = np.searchsorted(first, frames, side="right") - 1
-    keep = (span >= 0) & (frames <= last[np.maximum(span, 0)])
-    return frames[keep], np.concatenate(([0], np.cumsum(keep)))[band_starts]
-
-
-def _strongest_offsets(offsets: np.ndarray, tolerance: int, count: int
-                       ) -> tuple[np.ndarray, np.ndarray]:
-    """The ``count`` most voted offsets, votes summed within ``tolerance`` frames."""
-    if offsets.size == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    low = int(offsets.min())
-    running = np.concatenate(([0], np.cumsum(np.bincount(offsets - low))))
-    cells = np.arange(len(running) - 1)
-    votes = (running[np.minimum(cells + tolerance + 1, len(cells))]
-             - running[np.maximum(cells - tolerance, 0)])  # a sliding sum: faster than convolve
-    best, hits = [], []
-    for _ in range(count):
-        at = int(np.argmax(votes))
-        if votes[at] == 0:
-            break
-        best.append(at + low)
-        hits.append(int(votes[at]))
-        votes[max(at - 2 * tolerance, 0):at + 2 * tolerance + 1] = 0  # the same line, nudged
-    return np.asarray(best, np.int64), np.asarray(hits, np.int64)

@@ -34,8 +34,8 @@ from fingerprint.decode import (
     set_decoder_threads,
 )
 from fingerprint.video import VideoFrames
-from index import align
-from index.segments import Layout, SegmentedIndex
+from index import align, landmarks
+from index.segments import Layout, Peaks, SegmentedIndex
 from index.store import DuplicateError, Fingerprints, NotFoundError, Reference, Store
 
 __all__ = ["Catalog", "DuplicateError", "Match", "MatchParams", "MediaError", "NotFoundError",
@@ -129,6 +129,8 @@ class Modality:
     params: MatchParams
     refine_speeds: tuple[float, ...] = ()
     """speeds over which a candidate's alignment line is re-rated (see ``align.refine``)"""
+    landmarks: bool = False
+    """whether its index keeps landmark tables of the spectral peaks (``index.landmarks``)"""
 
 
 PEAK_TOLERANCE = (2, 1)
@@ -148,7 +150,8 @@ AUDIO = Modality("audio", f"{audio.FORMAT}+{audio.PEAKS_FORMAT}", audio.DIM,
                  Layout(audio.DIM, "IVF{lists},PQ60x4fs", "nprobe=16"),
                  MatchParams(similarity_floor=0.4, min_evidence=0.1, max_candidates=12,
                              similarity_midpoint=0.47, short_penalty=0.85,
-                             peak_midpoint=PEAK_MIDPOINT, dense_weight=0.25))
+                             peak_midpoint=PEAK_MIDPOINT, dense_weight=0.25),
+                 landmarks=True)
 """Up to 12 candidate alignments per clip are verified, down to little evidence: with the peak
 check deciding, more candidates cost little accuracy and find the true line under speech at
 0 dB for 80 % of 3 s dev clips instead of 35 % with 8. Against the eval catalogue padded to
@@ -189,23 +192,20 @@ with 40 neighbours; in an inverted file of 256 lists, scanning 32 with 40 neighb
 
 MODALITIES = (AUDIO, VIDEO)
 
-PEAK_SEARCH_REFERENCES = 30
-PEAK_SEARCH_FLOOR = 0.3
 PEAK_CANDIDATES = 8
 PEAK_SEARCH_HANDICAP = 1.5
-"""A clip no line of votes explains is searched by its peaks in the 30 references most voted
-for (counting similarity from 0.3, below the vote floor: under speech the true windows barely
-clear it), and the 8 strongest alignments found are verified. Such a line was chosen for its peaks
-among some 10^6 offsets, so chance lifts its peak z-score more than that of a line the votes
-chose: its margin is lowered by 1.5 (on the dev negatives, the best peak-searched line beat
-the best voted line by 1.4)."""
-PEAK_SEARCH_REACH_S = 10.0
-"""A reference is searched by its peaks only within 10 s of where one of its hits puts the
-clip, so the search costs what its hits point at, not the reference's length (a 70-minute
-episode would otherwise cost 20 songs). On all 2,457 dev clips against the eval catalogue
-padded to 1,000 h, side by side: 88.2 % found instead of 88.3 (one 5 s clip), 10 s clips p95
-72 instead of 105 ms, clips of nothing catalogued p50 66 instead of 88 ms; within 30 s, 88.3 %
-and 88 / 78 ms."""
+"""A clip no line of votes explains is searched by its landmarks (``index.landmarks``) in the
+whole catalogue, and the 8 alignments most voted for are verified. Such a line was chosen
+for its peaks among every offset of every reference, so chance lifts its peak z-score more
+than that of a line the window votes chose: its margin is lowered by 1.5 (on the dev
+negatives, the best line found by peaks beat the best voted line by 1.4).
+
+Landmarks replaced a search by single peaks in the 30 references the windows voted for
+most, near their hits. On every 3rd dev clip, side by side against the eval catalogue
+padded to 1,000 h: 94.3 % found instead of 92.7 % (the true reference was often not among
+the 30: the inverted file had not routed its windows), 2 false matches of 273 instead of 4,
+clips of nothing catalogued p50 45 instead of 72 ms, 5 ms per search; against the 6 h
+catalogue 94.4 % instead of 94.3 %, unmatched p50 21 instead of 53 ms."""
 
 FUSE_TOLERANCE_S = 1.0
 """Audio and video segments of one reference whose offsets agree this closely are one match."""
@@ -322,17 +322,25 @@ class _ModalIndex:
         self._store = store
         self.index = SegmentedIndex(
             index_dir / modality.name, modality.layout, {"format": modality.format},
-            self._stored, lambda: sorted(store.numbers(modality.name)))
+            self._stored, lambda: sorted(store.numbers(modality.name)),
+            landmarks=modality.landmarks)
 
-    def _stored(self, number: int) -> tuple[np.ndarray, np.ndarray] | None:
+    def _stored(self, number: int) -> tuple[np.ndarray, np.ndarray, Peaks | None] | None:
         reference = self._store.by_numbers([number]).get(number)
         if reference is None:
             return None
-        fingerprints = self._store.fingerprints(reference.reference_id, self.modality.name)
-        return fingerprints.vectors, self.slots(fingerprints.times)
+        return self._indexed(self._store.fingerprints(reference.reference_id,
+                                                      self.modality.name))
+
+    def _indexed(self, fingerprints: Fingerprints
+                 ) -> tuple[np.ndarray, np.ndarray, Peaks | None]:
+        """What the index holds of a reference: descriptors, their slots, and its peaks."""
+        peaks = (None if fingerprints.peaks is None or not self.modality.landmarks
+                 else audio.peak_frames_bands(fingerprints.peaks))
+        return fingerprints.vectors, self.slots(fingerprints.times), peaks
 
     def add(self, number: int, fingerprints: Fingerprints) -> None:
-        self.index.add(number, fingerprints.vectors, self.slots(fingerprints.times))
+        self.index.add(number, *self._indexed(fingerprints))
 
     def slots(self, times: np.ndarray) -> np.ndarray:
         return np.round(np.asarray(times) / self.modality.hop_s).astype(np.int64)
@@ -536,49 +544,22 @@ class Catalog:
         matches = self._verified(modality, described, candidates, min_score)
         if described.peaks is not None and not any(
                 match.score >= params.min_score for _, match in matches):
-            matches += self._verified(modality, described,
-                                      self._peak_candidates(described, hits), min_score,
-                                      handicap=PEAK_SEARCH_HANDICAP)
+            matches += self._verified(modality, described, self._landmark_candidates(described),
+                                      min_score, handicap=PEAK_SEARCH_HANDICAP)
         return _exclusive(matches)
 
-    def _peak_candidates(self, described: _Described, hits: align.Hits) -> list[align.Segment]:
-        """Alignments found by spectral peaks alone (``align.peak_offsets``) in the references
-        that the window descriptors voted for most, near where their hits put the clip
-        (``PEAK_SEARCH_REACH_S``) but on no line: under speech at 0 dB the true reference is
-        among the 30 most voted for 95 % of 5 s dev clips, but on a line the votes can see
-        for only 78 %."""
-        weight = align.hit_weight(hits.similarity, PEAK_SEARCH_FLOOR)
-        numbers, inverse = np.unique(hits.reference, return_inverse=True)
-        totals = np.bincount(inverse, weights=weight, minlength=len(numbers))
-        voted = np.argsort(-totals, kind="stable")[:PEAK_SEARCH_REFERENCES]
-        references = self._store.by_numbers(sorted(int(numbers[v]) for v in voted))
-        clip_start = (hits.reference_time - hits.query_time * hits.time_scale) * audio.FRAME_RATE_HZ
-        reach = PEAK_SEARCH_REACH_S * audio.FRAME_RATE_HZ
-        length = max(scale for _, scale in described.hypotheses) * described.duration_s
-        found: list[align.Segment] = []
-        for vote in voted:
-            number = int(numbers[vote])
-            reference = references.get(number)
-            if reference is None:
-                continue
-            starts = clip_start[inverse == vote]
-            peaks_by_band = align.peaks_within(
-                *self._peaks_by_band(number, reference.reference_id), starts - reach,
-                starts + reach + length * audio.FRAME_RATE_HZ)
-            for shift in set(described.band_shifts):
-                which = [h for h, s in enumerate(described.band_shifts) if s == shift]
-                scales = tuple(described.hypotheses[h][1] for h in which)
-                lines = align.peak_offsets(*described.peaks, *peaks_by_band, shift,
-                                           scales, PEAK_TOLERANCE, 1)
-                found += [align.Segment(
-                    reference=number, transform=h, evidence=float(n), query_start_s=0.0,
-                    query_end_s=described.duration_s,
-                    reference_start_s=offset / audio.FRAME_RATE_HZ,
-                    reference_end_s=offset / audio.FRAME_RATE_HZ + scale * described.duration_s,
-                    speed=scale)
-                    for h, scale, (offsets, coincident) in zip(which, scales, lines, strict=True)
-                    for offset, n in zip(offsets, coincident, strict=True)]
-        return sorted(found, key=lambda s: -s.evidence)[:PEAK_CANDIDATES]
+    def _landmark_candidates(self, described: _Described) -> list[align.Segment]:
+        """The alignments the query's landmarks vote for most in the whole catalogue (as the
+        clip is: speed and pitch changes are the window descriptors' to find)."""
+        keys, anchors = landmarks.landmarks(*described.peaks, landmarks.QUERY_SUCCESSORS)
+        numbers, offsets = self._indexes["audio"].index.lookup_landmarks(keys, anchors)
+        unchanged = described.hypotheses.index((0, 1.0))
+        return [align.Segment(
+            reference=number, transform=unchanged, evidence=float(votes), query_start_s=0.0,
+            query_end_s=described.duration_s, reference_start_s=offset / audio.FRAME_RATE_HZ,
+            reference_end_s=offset / audio.FRAME_RATE_HZ + described.duration_s, speed=1.0)
+            for number, offset, votes in landmarks.strongest(
+                numbers, offsets, PEAK_TOLERANCE[0], PEAK_CANDIDATES)]
 
     def _verified(self, modality: Modality, described: _Described,
                   candidates: list[align.Segment], min_score: float, handicap: float = 0.0
@@ -634,15 +615,6 @@ class Catalog:
             while len(self._cache) > FINGERPRINT_CACHE:
                 self._cache.pop(next(iter(self._cache)))
         return cached
-
-    def _peaks_by_band(self, number: int, reference_id: str) -> tuple[np.ndarray, np.ndarray]:
-        """A reference's audio peaks grouped by band: from its cached fingerprints, else only
-        its peaks are read (most references searched by peaks are never verified)."""
-        with self._cache_lock:
-            cached = self._cache.get((number, "audio"))
-        if cached is not None:
-            return cached.peaks_by_band
-        return audio.peaks_by_band(self._store.peaks(reference_id, "audio"))
 
     def _hits(self, modality: Modality, described: _Described) -> align.Hits:
         """One FAISS search for the searched descriptors; each hit is then read under every

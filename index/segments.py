@@ -16,6 +16,10 @@ sealed segment holds are encoded again from their stored fingerprints. A crash t
 loses nothing the fingerprint store has, and never leaves a half-written index: files are
 renamed into place, the manifest last.
 
+With ``landmarks``, each segment also carries the landmark table of the same references
+(``index.landmarks``, ``segment-<n>.faiss.landmarks``), built, written, merged and purged
+with it, so the two never disagree about what a segment holds.
+
 The quantiser is trained in the background, on a sample streamed from the stored
 fingerprints, once the catalogue is big enough, and again when it has grown ``retrain_growth``
 times and its inverted file should have more lists (``lists_for``); meanwhile the previous
@@ -38,6 +42,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from index import landmarks as lm
+
 log = logging.getLogger("clipmatch.segments")
 
 SLOT_BITS = 24  # 2**24 windows of 0.25 s: references up to 1,165 h each
@@ -47,8 +53,10 @@ EXACT_FACTORY = "IDMap,Flat"
 RETRY_S = 60.0
 """Background maintenance that failed (a disk full, say) is tried again after this long."""
 
-Source = Callable[[int], "tuple[np.ndarray, np.ndarray] | None"]
-"""A reference number's stored (vectors, slots), or None once it has been deleted."""
+Peaks = tuple[np.ndarray, np.ndarray]
+Source = Callable[[int], "tuple[np.ndarray, np.ndarray, Peaks | None] | None"]
+"""A reference number's stored (vectors, slots, spectral peaks as frames and bands, if it has
+any), or None once it has been deleted."""
 
 
 class _Closing(Exception):
@@ -164,6 +172,7 @@ class Segment:
     name: str
     index: faiss.Index
     numbers: frozenset[int]
+    landmarks: lm.Landmarks | None = None
 
 
 class SegmentedIndex:
@@ -172,11 +181,15 @@ class SegmentedIndex:
     back; ``live`` lists the numbers of the references the catalogue holds now."""
 
     def __init__(self, directory: Path, layout: Layout, identity: dict,
-                 source: Source, live: Callable[[], list[int]]) -> None:
+                 source: Source, live: Callable[[], list[int]], *, landmarks: bool = False
+                 ) -> None:
+        """``landmarks``: keep a landmark table per segment (``lookup_landmarks``)."""
         self.layout = layout
         self._dir = directory
         self._dir.mkdir(parents=True, exist_ok=True)
-        self._identity = {"dim": layout.dim, "factory": layout.factory, **identity}
+        self._landmarks = landmarks
+        self._identity = {"dim": layout.dim, "factory": layout.factory, **identity,
+                          **({"landmarks": lm.FORMAT} if landmarks else {})}
         self._source = source
         self._live = live
         self._lock = ReadWriteLock()
@@ -187,6 +200,7 @@ class SegmentedIndex:
         self._sealed: tuple[Segment, ...] = ()
         self._tombstones: frozenset[int] = frozenset()
         self._fresh = faiss.index_factory(layout.dim, EXACT_FACTORY, faiss.METRIC_INNER_PRODUCT)
+        self._fresh_landmarks = self._empty_landmarks()
         self._fresh_numbers: set[int] = set()
         self._counter = 0
         self._naming = threading.Lock()
@@ -224,6 +238,7 @@ class SegmentedIndex:
                           lambda tmp: tmp.write_text(json.dumps(self._manifest())))
         for name in obsolete:
             (self._dir / name).unlink(missing_ok=True)
+            (self._dir / (name + lm.Landmarks.SUFFIX)).unlink(missing_ok=True)
 
     def _open(self) -> None:
         """Load the sealed segments the manifest lists and encode the rest afresh; anything
@@ -243,7 +258,10 @@ class SegmentedIndex:
                 if index.ntotal != entry["windows"]:
                     raise ValueError(f"{entry['file']} holds {index.ntotal} windows, "
                                      f"expected {entry['windows']}")
-                sealed.append(Segment(entry["file"], index, frozenset(entry["numbers"])))
+                landmarks = (lm.Landmarks.read(self._dir / (entry["file"] + lm.Landmarks.SUFFIX))
+                             if self._landmarks else None)
+                sealed.append(Segment(entry["file"], index, frozenset(entry["numbers"]),
+                                      landmarks))
             self._sealed = tuple(sealed)
         except FileNotFoundError:
             if any(self._dir.glob("*.faiss")):
@@ -273,6 +291,7 @@ class SegmentedIndex:
         self._sealed = ()
         self._fresh = faiss.index_factory(self.layout.dim, EXACT_FACTORY,
                                           faiss.METRIC_INNER_PRODUCT)
+        self._fresh_landmarks = self._empty_landmarks()
         self._fresh_numbers = set()
         self._write_manifest([p.name for p in self._dir.glob("*.faiss*")])  # what was there
 
@@ -289,7 +308,7 @@ class SegmentedIndex:
                        trained_on: int) -> None:
         self._quantiser, self._quantiser_name = quantiser, name
         self._built, self.trained_on = factory, trained_on
-        self._fresh = self._empty()
+        self._fresh, self._fresh_landmarks = self._empty(), self._empty_landmarks()
 
     def _empty(self) -> faiss.Index:
         """A new segment: the trained quantiser with no vectors (same search parameters)."""
@@ -298,6 +317,9 @@ class SegmentedIndex:
                                        faiss.METRIC_INNER_PRODUCT)
         return faiss.clone_index(self._quantiser)
 
+    def _empty_landmarks(self) -> lm.Landmarks | None:
+        return lm.Landmarks() if self._landmarks else None
+
     def _next_name(self, kind: str) -> str:
         with self._naming:
             self._counter += 1
@@ -305,12 +327,14 @@ class SegmentedIndex:
 
     # -- writes ------------------------------------------------------------------------
 
-    def add(self, number: int, vectors: np.ndarray, slots: np.ndarray) -> None:
-        """Add a reference's vectors to the fresh segment; seal it once it is full."""
+    def add(self, number: int, vectors: np.ndarray, slots: np.ndarray,
+            peaks: Peaks | None = None) -> None:
+        """Add a reference's vectors (and landmarks from its ``peaks``) to the fresh segment;
+        seal it once it is full."""
         if len(vectors) == 0:
             return
         with self._lock.write():
-            self._encode(self._fresh, number, vectors, slots)
+            self._encode(self._fresh, self._fresh_landmarks, number, vectors, slots, peaks)
             self._fresh_numbers.add(number)
             if self._quantiser is not None and self._fresh.ntotal >= self.layout.seal_windows:
                 self._seal()
@@ -319,29 +343,41 @@ class SegmentedIndex:
     def _add_fresh(self, number: int) -> None:
         stored = self._source(number)
         if stored is not None and len(stored[0]):
-            self._encode(self._fresh, number, *stored)
+            self._encode(self._fresh, self._fresh_landmarks, number, *stored)
             self._fresh_numbers.add(number)
 
     @staticmethod
-    def _encode(index: faiss.Index, number: int, vectors: np.ndarray, slots: np.ndarray
-                ) -> None:
+    def _encode(index: faiss.Index, landmarks: lm.Landmarks | None, number: int,
+                vectors: np.ndarray, slots: np.ndarray, peaks: Peaks | None) -> None:
         ids = (np.int64(number) << SLOT_BITS) | np.asarray(slots, dtype=np.int64)
         index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
+        if landmarks is not None and peaks is not None:
+            landmarks.add(number, peaks)
 
     def _seal(self) -> None:
         """Write the fresh segment to its own file and start an empty one (under the lock)."""
         name = self._next_name("segment")
-        fresh = self._fresh
-        _write_atomically(self._dir / name, lambda tmp: faiss.write_index(fresh, str(tmp)))
-        self._sealed = (*self._sealed, Segment(name, fresh, frozenset(self._fresh_numbers)))
-        self._fresh, self._fresh_numbers = self._empty(), set()
+        self._write_segment(name, self._fresh, self._fresh_landmarks)
+        self._sealed = (*self._sealed, Segment(name, self._fresh, frozenset(self._fresh_numbers),
+                                               self._fresh_landmarks))
+        self._fresh, self._fresh_landmarks = self._empty(), self._empty_landmarks()
+        self._fresh_numbers = set()
         self._write_manifest()
+
+    def _write_segment(self, name: str, index: faiss.Index, landmarks: lm.Landmarks | None
+                       ) -> None:
+        """A segment's files, landmarks first: the index file's presence means both are."""
+        if landmarks is not None:
+            _write_atomically(self._dir / (name + lm.Landmarks.SUFFIX), landmarks.write)
+        _write_atomically(self._dir / name, lambda tmp: faiss.write_index(index, str(tmp)))
 
     def remove(self, number: int) -> None:
         """Forget a reference: at once from the fresh segment, as a tombstone from sealed ones."""
         with self._lock.write():
             if number in self._fresh_numbers:
                 self._fresh.remove_ids(_range(number))
+                if self._fresh_landmarks is not None:
+                    self._fresh_landmarks.remove(number)
                 self._fresh_numbers.discard(number)
             if any(number in s.numbers for s in self._sealed):
                 self._tombstones = self._tombstones | {number}
@@ -369,6 +405,24 @@ class SegmentedIndex:
         return (np.where(valid, sims, -1.0).astype(np.float32),
                 np.where(valid, ids >> SLOT_BITS, -1),
                 np.where(valid, ids & ((1 << SLOT_BITS) - 1), -1))
+
+    def lookup_landmarks(self, keys: np.ndarray, anchors: np.ndarray
+                         ) -> tuple[np.ndarray, np.ndarray]:
+        """Every landmark entry under the query's ``keys`` in every segment, deleted
+        references left out: (reference numbers, reference frame at query frame 0);
+        ``anchors`` are the query frames of the keys (see ``index.landmarks``)."""
+        if not self._landmarks:
+            raise ValueError("this index keeps no landmarks")
+        with self._lock.read():
+            found = [part.lookup(keys, anchors) for part in
+                     [s.landmarks for s in self._sealed] + [self._fresh_landmarks]]
+            tombstones = self._tombstones
+        numbers = np.concatenate([f[0] for f in found])
+        offsets = np.concatenate([f[1] for f in found])
+        if tombstones:
+            alive = ~np.isin(numbers, np.fromiter(tombstones, np.int64))
+            numbers, offsets = numbers[alive], offsets[alive]
+        return numbers, offsets
 
     def _search_segments(self, queries: np.ndarray, k: int) -> list[tuple[np.ndarray, ...]]:
         segments = [s.index for s in self._sealed] + [self._fresh]
@@ -456,17 +510,17 @@ class SegmentedIndex:
             quantiser.train(sample)
         if self.layout.search_params:
             faiss.ParameterSpace().set_index_parameters(quantiser, self.layout.search_params)
-        index = faiss.clone_index(quantiser)
-        held = self._encode_stored(index, numbers)
+        index, landmarks = faiss.clone_index(quantiser), self._empty_landmarks()
+        held = self._encode_stored(index, landmarks, numbers)
         quantiser_name, segment_name = self._next_name("quantiser"), self._next_name("segment")
         _write_atomically(self._dir / quantiser_name,
                           lambda tmp: faiss.write_index(quantiser, str(tmp)))
-        _write_atomically(self._dir / segment_name, lambda tmp: faiss.write_index(index, str(tmp)))
+        self._write_segment(segment_name, index, landmarks)
         with self._lock.write():
             obsolete = [s.name for s in self._sealed] + [self._quantiser_name] * bool(
                 self._quantiser_name)
             self._set_quantiser(quantiser, quantiser_name, factory, total)
-            self._sealed = (Segment(segment_name, index, frozenset(held)),)
+            self._sealed = (Segment(segment_name, index, frozenset(held), landmarks),)
             live = set(self._live())
             self._tombstones = frozenset(held - live)
             self._fresh_numbers = set()
@@ -475,15 +529,16 @@ class SegmentedIndex:
             self._write_manifest(obsolete)
         log.info("%s: %s serving %d windows", self._dir.name, factory, self.ntotal)
 
-    def _encode_stored(self, index: faiss.Index, numbers: list[int]) -> set[int]:
-        """Encode the stored vectors of ``numbers`` into ``index``, reading one reference at a
-        time; returns those still stored. Stops if the index is closing."""
+    def _encode_stored(self, index: faiss.Index, landmarks: lm.Landmarks | None,
+                       numbers: list[int]) -> set[int]:
+        """Encode the stored vectors (and landmarks) of ``numbers``, reading one reference at
+        a time; returns those still stored. Stops if the index is closing."""
         held = set()
         for number in numbers:
             self._stop_if_closing()
             stored = self._source(number)
             if stored is not None and len(stored[0]):
-                self._encode(index, number, *stored)
+                self._encode(index, landmarks, number, *stored)
                 held.add(number)
         return held
 
@@ -536,16 +591,17 @@ class SegmentedIndex:
         fingerprints beside the serving segments (which stay untouched: searches go on),
         then swapped in. FAISS's own ``merge_from`` is not used: on fast-scan inverted
         lists, merging a merged index again corrupted the heap (faiss-cpu 1.15.1)."""
-        merged = self._empty()
+        merged, landmarks = self._empty(), self._empty_landmarks()
         dead = set().union(*(s.numbers for s in group)) & self._tombstones
-        held = self._encode_stored(merged,
+        held = self._encode_stored(merged, landmarks,
                                    sorted(set().union(*(s.numbers for s in group)) - dead))
         name = self._next_name("segment")
-        _write_atomically(self._dir / name, lambda tmp: faiss.write_index(merged, str(tmp)))
+        self._write_segment(name, merged, landmarks)
         with self._lock.write():
             first = self._sealed.index(group[0])
             rest = [s for s in self._sealed if s not in group]
-            self._sealed = (*rest[:first], Segment(name, merged, frozenset(held)), *rest[first:])
+            self._sealed = (*rest[:first], Segment(name, merged, frozenset(held), landmarks),
+                            *rest[first:])
             numbers = set().union(*(s.numbers for s in self._sealed))
             self._tombstones = frozenset(self._tombstones & numbers)
             self._write_manifest([s.name for s in group])

@@ -6,7 +6,6 @@ from them and can always be rebuilt (see ``index.vectors``).
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sqlite3
@@ -17,8 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
-from fingerprint import audio
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS reference (
@@ -58,11 +55,6 @@ class Fingerprints:
     vectors: np.ndarray
     times: np.ndarray
     peaks: np.ndarray | None = None
-
-    @functools.cached_property
-    def peaks_by_band(self) -> tuple[np.ndarray, np.ndarray]:
-        """The peaks grouped by band, for offset search; computed once per cached copy."""
-        return audio.peaks_by_band(np.zeros(0, np.uint32) if self.peaks is None else self.peaks)
 
 
 class NotFoundError(KeyError):
@@ -222,13 +214,6 @@ class Store:
             peaks = data.get(f"{modality}_peaks")
             return Fingerprints(data[f"{modality}_vectors"].astype(np.float32),
                                 data[f"{modality}_times"], peaks)
-
-    def peaks(self, reference_id: str, modality: str) -> np.ndarray:
-        """Only the reference's spectral peaks (none if it has no such track): the offset
-        search by peaks reads 30 references per clip, and the peaks are a ninth of the bytes."""
-        with np.load(self.fingerprint_dir / f"{reference_id}.npz") as data:
-            peaks = data.get(f"{modality}_peaks")
-        return np.zeros(0, np.uint32) if peaks is None else peaks
 
 
 _COLUMNS = ("number, reference_id, title, external_id, metadata, duration_s, modalities,"

@@ -25,11 +25,11 @@ from fingerprint.audio import (
     descriptors,
     peak_frames_bands,
     peaks,
-    peaks_by_band,
 )
 from fingerprint.decode import SAMPLE_RATE, MediaError, decode_audio, decode_media
 from index import catalog as catalog_module
-from index.align import Segment, peak_evidence, peak_map, peak_offsets, peaks_within
+from index import landmarks
+from index.align import Segment, peak_evidence, peak_map
 from index.catalog import (
     AUDIO,
     PEAK_BAND_SHIFT,
@@ -40,7 +40,7 @@ from index.catalog import (
     NotFoundError,
     fingerprint_reference,
 )
-from index.store import Fingerprints, Store
+from index.store import Fingerprints
 from tests.media import (
     CATALOGUE,
     audio_then_video,
@@ -211,39 +211,51 @@ def test_peak_evidence_singles_out_the_true_line_under_speech_at_0db() -> None:
     assert max(z("battle", start) for start in (2.0, 12.0, 21.0)) < 4.0
 
 
-def test_peak_offsets_find_where_a_noisy_clip_starts() -> None:
-    reference = peaks_by_band(peaks(_frames("knolls", 0, 30)))
+def _landmark_table(names: tuple[str, ...]) -> landmarks.Landmarks:
+    """The first 30 s of each fixture as reference number 1, 2, ..."""
+    table = landmarks.Landmarks()
+    for number, name in enumerate(names, 1):
+        table.add(number, peak_frames_bands(peaks(_frames(name, 0, 30))))
+    return table
+
+
+def _strongest(table: landmarks.Landmarks, frames: np.ndarray, bands: np.ndarray
+               ) -> list[tuple[int, int, int]]:
+    keys, anchors = landmarks.landmarks(frames, bands, landmarks.QUERY_SUCCESSORS)
+    return landmarks.strongest(*table.lookup(keys, anchors), PEAK_TOLERANCE[0], 8)
+
+
+@pytest.mark.parametrize("degrade", [lambda clip: with_noise(clip, 0.0),
+                                     lambda clip: with_speech(clip, 0.0, SAMPLE_RATE)],
+                         ids=["noise-0db", "speech-0db"])
+def test_landmarks_find_the_track_and_where_a_noisy_clip_starts(degrade) -> None:
+    """Among four tracks, a 5 s clip under noise or speech as loud as the music votes for its
+    own track at its own start, well above any other line."""
+    table = _landmark_table(("battle", "knolls", "loyalists", "breaking_the_chains"))
     clip = excerpt(load(fixture("knolls"), SAMPLE_RATE), 12.0, 5.0, SAMPLE_RATE)
-    (frames, bands), _ = _peak_query(with_noise(clip, 0.0))
-    [(offsets, hits)] = peak_offsets(frames, bands, *reference, 0, (1.0,), PEAK_TOLERANCE, 20)
-    assert abs(offsets[0] / FRAME_RATE_HZ - 12.0) <= 0.1
-    # Sustained notes echo the true alignment a few frames either side; elsewhere is chance.
-    elsewhere = np.abs(offsets / FRAME_RATE_HZ - 12.0) > 1.0
-    assert hits[0] > 1.5 * hits[elsewhere].max()
+    (frames, bands), _ = _peak_query(degrade(clip))
+    (number, offset, votes), *others = _strongest(table, frames, bands)
+    assert number == 2 and abs(offset / FRAME_RATE_HZ - 12.0) <= 0.1
+    assert votes >= 3 * max(n for _, _, n in others)
 
 
-def test_peaks_within_keep_exactly_the_spans_and_what_they_hold_is_found() -> None:
-    codes = peaks(_frames("knolls", 0, 30))
-    frames, bands = peak_frames_bands(codes)
-    spans = np.array([[5.0, 8.0], [20.0, 21.0], [6.0, 9.0]]) * FRAME_RATE_HZ
-    kept, starts = peaks_within(*peaks_by_band(codes), spans[:, 0], spans[:, 1])
-    inside = ((frames[:, None] >= spans[:, 0]) & (frames[:, None] <= spans[:, 1])).any(axis=1)
-    assert 0 < inside.sum() < len(frames)
-    for band in range(N_BANDS):
-        assert list(kept[starts[band]:starts[band + 1]]) == sorted(frames[inside & (bands == band)])
-
-    clip = excerpt(load(fixture("knolls"), SAMPLE_RATE), 12.0, 5.0, SAMPLE_RATE)
-    (query_frames, query_bands), _ = _peak_query(with_noise(clip, 0.0))
-
-    def best_s(first_s: float, last_s: float) -> float:
-        reference = peaks_within(*peaks_by_band(codes), np.array([first_s * FRAME_RATE_HZ]),
-                                 np.array([last_s * FRAME_RATE_HZ]))
-        [(offsets, _)] = peak_offsets(query_frames, query_bands, *reference, 0, (1.0,),
-                                      PEAK_TOLERANCE, 1)
-        return offsets[0] / FRAME_RATE_HZ
-
-    assert abs(best_s(8.0, 20.0) - 12.0) <= 0.1
-    assert abs(best_s(20.0, 30.0) - 12.0) > 2.0  # the true start's peaks were left out
+def test_landmark_tables_join_persist_and_forget_a_reference(tmp_path: Path) -> None:
+    """Joined, written and read back, a fresh table answers as the tables it was made of;
+    a removed reference is gone from it and the others answer as before."""
+    names = ("battle", "knolls", "loyalists")
+    table = _landmark_table(names)
+    queries = [peak_frames_bands(peaks(_frames(name, 10, 4))) for name in names]
+    table.write(tmp_path / "t.landmarks")
+    read = landmarks.Landmarks.read(tmp_path / "t.landmarks")
+    assert read.nbytes == table.nbytes > 0
+    for number, query in enumerate(queries, 1):
+        found = _strongest(read, *query)
+        assert found == _strongest(table, *query)
+        assert found[0][0] == number and abs(found[0][1] - 10 * FRAME_RATE_HZ) <= 1
+    table.remove(2)
+    assert all(number != 2 for number, _, _ in _strongest(table, *queries[1]))
+    for number in (1, 3):
+        assert _strongest(table, *queries[number - 1]) == _strongest(read, *queries[number - 1])
 
 
 # -- catalogue: store, index, alignment ---------------------------------------------------
@@ -405,23 +417,6 @@ def test_reference_registered_from_its_fingerprints_matches(tmp_path: Path) -> N
     assert matches and matches[0].title == "knolls"
     assert abs(matches[0].reference_start_s - 11.0) < 0.3
     catalog.close()
-
-
-def test_peaks_read_alone_are_the_stored_ones(tmp_path: Path) -> None:
-    """The offset search by peaks reads a reference's peaks without its descriptors: the
-    same peaks, and none for a reference without that track."""
-    duration_s, fingerprints = fingerprint_reference(fixture("knolls"))
-    store = Store(tmp_path / "data")
-    _, reference = store.add(title="knolls", external_id="", metadata={},
-                             duration_s=duration_s, content_sha256="cd" * 32,
-                             fingerprint_format="test", fingerprints=fingerprints)
-    peaks = store.peaks(reference.reference_id, "audio")
-    assert len(peaks) > 100
-    np.testing.assert_array_equal(peaks, fingerprints["audio"].peaks)
-    np.testing.assert_array_equal(peaks, store.fingerprints(reference.reference_id,
-                                                           "audio").peaks)
-    assert len(store.peaks(reference.reference_id, "video")) == 0
-    store.close()
 
 
 def test_trained_index_is_loaded_after_a_restart(tmp_path: Path,

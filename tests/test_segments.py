@@ -2,7 +2,8 @@
 fresh segments answers as one index would, survives restarts and damaged files, forgets
 deleted references, merges in the background, and keeps what is registered while it trains.
 Sizes are scaled down (a segment of 60 windows instead of 100,000) so that every stage runs
-on the fixtures' two minutes of music."""
+on the fixtures' two minutes of music. Each segment's landmark table (``index.landmarks``)
+goes through every stage with it."""
 
 from __future__ import annotations
 
@@ -15,8 +16,17 @@ import faiss
 import numpy as np
 import pytest
 
-from fingerprint.audio import DIM, REFERENCE_HOP_S, band_frames, descriptors
+from fingerprint.audio import (
+    DIM,
+    FRAME_RATE_HZ,
+    REFERENCE_HOP_S,
+    band_frames,
+    descriptors,
+    peak_frames_bands,
+    peaks,
+)
 from fingerprint.decode import decode_audio
+from index import landmarks
 from index.segments import SLOT_BITS, Layout, SegmentedIndex
 from tests.media import FIXTURES
 
@@ -28,15 +38,21 @@ REFERENCE_WINDOWS = 20
 
 
 @pytest.fixture(scope="module")
-def references() -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """Every fixture's descriptors cut into references of 20 windows (5 s)."""
+def references() -> dict[int, tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]]:
+    """Every fixture's descriptors cut into references of 20 windows (5 s), each with the
+    spectral peaks of its 5 s (frames counted from its start)."""
     found = {}
     for path in sorted(FIXTURES.glob("*.ogg")):
-        vectors, times, _ = descriptors(band_frames(decode_audio(str(path))), REFERENCE_HOP_S)
+        frames = band_frames(decode_audio(str(path)))
+        vectors, times, _ = descriptors(frames, REFERENCE_HOP_S)
         slots = np.round(times / REFERENCE_HOP_S).astype(np.int64)
+        peak_frames, bands = peak_frames_bands(peaks(frames))
         for start in range(0, len(vectors) - REFERENCE_WINDOWS + 1, REFERENCE_WINDOWS):
             part = slice(start, start + REFERENCE_WINDOWS)
-            found[len(found) + 1] = (vectors[part], slots[part])
+            first = round(times[start] * FRAME_RATE_HZ)
+            mine = (peak_frames >= first) & (peak_frames < first + 5 * FRAME_RATE_HZ)
+            found[len(found) + 1] = (vectors[part], slots[part],
+                                     (peak_frames[mine] - first, bands[mine]))
     assert len(found) >= 12
     return found
 
@@ -45,24 +61,25 @@ class Catalogue:
     """What the index reads back from: the references stored now (deletion removes one)."""
 
     def __init__(self) -> None:
-        self.stored: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.stored: dict[int, tuple] = {}
 
-    def source(self, number: int) -> tuple[np.ndarray, np.ndarray] | None:
+    def source(self, number: int) -> tuple | None:
         return self.stored.get(number)
 
     def live(self) -> list[int]:
         return sorted(self.stored)
 
     def open(self, directory: Path, layout: Layout = LAYOUT) -> SegmentedIndex:
-        return SegmentedIndex(directory, layout, {"format": "test"}, self.source, self.live)
+        return SegmentedIndex(directory, layout, {"format": "test"}, self.source, self.live,
+                              landmarks=True)
 
 
 def filled(directory: Path, references: dict) -> tuple[Catalogue, SegmentedIndex]:
     catalogue = Catalogue()
     index = catalogue.open(directory)
-    for number, (vectors, slots) in references.items():
-        catalogue.stored[number] = (vectors, slots)
-        index.add(number, vectors, slots)
+    for number, reference in references.items():
+        catalogue.stored[number] = reference
+        index.add(number, *reference)
         index.wait_idle()
     return catalogue, index
 
@@ -70,11 +87,21 @@ def filled(directory: Path, references: dict) -> tuple[Catalogue, SegmentedIndex
 def self_found(index: SegmentedIndex, references: dict) -> float:
     """Share of the references' windows whose nearest neighbour is themselves."""
     found = total = 0
-    for number, (vectors, slots) in references.items():
+    for number, (vectors, slots, _) in references.items():
         _, numbers, hit_slots = index.search(vectors, 1)
         found += int(((numbers[:, 0] == number) & (hit_slots[:, 0] == slots)).sum())
         total += len(vectors)
     return found / total
+
+
+def landmark_lines(index: SegmentedIndex, references: dict) -> dict[int, tuple[int, int]]:
+    """Each reference's strongest line by its own peaks' landmarks: (number, offset)."""
+    lines = {}
+    for number, (_, _, reference_peaks) in references.items():
+        keys, anchors = landmarks.landmarks(*reference_peaks, landmarks.QUERY_SUCCESSORS)
+        found = landmarks.strongest(*index.lookup_landmarks(keys, anchors), 2, 1)
+        lines[number] = found[0][:2] if found else (-1, 0)
+    return lines
 
 
 def test_segments_answer_as_one_index(tmp_path: Path, references: dict) -> None:
@@ -83,9 +110,9 @@ def test_segments_answer_as_one_index(tmp_path: Path, references: dict) -> None:
     _, index = filled(tmp_path / "index", references)
     assert index.factory.startswith("IVF") and index.segments >= 2
     one = faiss.clone_index(index._quantiser)
-    for number, (vectors, slots) in references.items():
+    for number, (vectors, slots, _) in references.items():
         one.add_with_ids(vectors, (np.int64(number) << SLOT_BITS) | slots)
-    queries = np.concatenate([v[::7] for v, _ in references.values()])
+    queries = np.concatenate([v[::7] for v, _, _ in references.values()])
     sims, numbers, slots = index.search(queries, 10)
     one_sims, one_ids = one.search(queries, 10)
     np.testing.assert_allclose(sims, one_sims, atol=1e-5)
@@ -94,14 +121,16 @@ def test_segments_answer_as_one_index(tmp_path: Path, references: dict) -> None:
                      for n, s, i in zip(numbers, slots, one_ids, strict=True)])
     assert agree > 0.95  # rows differ only where two neighbours tie at the k-th place
     assert self_found(index, references) > 0.9
+    assert landmark_lines(index, references) == {n: (n, 0) for n in references}
     index.close()
 
 
 def test_restart_loads_sealed_segments_and_rebuilds_damaged_ones(
         tmp_path: Path, references: dict) -> None:
     catalogue, index = filled(tmp_path / "index", references)
-    queries = np.concatenate([v[::5] for v, _ in references.values()])
+    queries = np.concatenate([v[::5] for v, _, _ in references.values()])
     before = index.search(queries, 5)
+    lines = landmark_lines(index, references)
     segments, factory = index.segments, index.factory
     index.close()  # seals the fresh segment
 
@@ -109,6 +138,7 @@ def test_restart_loads_sealed_segments_and_rebuilds_damaged_ones(
     assert (index.segments, index.factory) == (segments + 1, factory)
     for got, expected in zip(index.search(queries, 5), before, strict=True):
         np.testing.assert_array_equal(got, expected)
+    assert landmark_lines(index, references) == lines
     index.close()
 
     manifest = json.loads((tmp_path / "index" / "manifest.json").read_text())
@@ -117,6 +147,7 @@ def test_restart_loads_sealed_segments_and_rebuilds_damaged_ones(
     index.wait_idle()  # retrained from the stored fingerprints in the background
     assert index.factory == factory
     assert self_found(index, references) > 0.9
+    assert landmark_lines(index, references) == lines
     index.close()
 
 
@@ -136,6 +167,8 @@ def test_deleted_references_vanish_at_once_and_are_purged(tmp_path: Path,
         index.remove(number)
         _, numbers, _ = index.search(queries, 20)
         assert number not in numbers
+        assert number not in index.lookup_landmarks(*landmarks.landmarks(
+            *references[number][2], landmarks.QUERY_SUCCESSORS))[0]
     index.wait_idle()
     manifest = json.loads((tmp_path / "index" / "manifest.json").read_text())
     held = {n for s in manifest["segments"] for n in s["numbers"]}
@@ -143,10 +176,12 @@ def test_deleted_references_vanish_at_once_and_are_purged(tmp_path: Path,
     assert index.ntotal == windows - len(gone) * REFERENCE_WINDOWS
     kept = {n: r for n, r in references.items() if n not in gone}
     assert self_found(index, kept) > 0.9
+    assert landmark_lines(index, kept) == {n: (n, 0) for n in kept}
     index.close()
     index = catalogue.open(tmp_path / "index")
     _, numbers, _ = index.search(queries, 20)
     assert not set(numbers.reshape(-1)) & set(gone)
+    assert landmark_lines(index, kept) == {n: (n, 0) for n in kept}
     index.close()
 
 
@@ -156,7 +191,7 @@ def test_references_added_while_training_are_kept(tmp_path: Path, references: di
     catalogue = Catalogue()
     release = threading.Event()
 
-    def slow_source(number: int) -> tuple[np.ndarray, np.ndarray] | None:
+    def slow_source(number: int) -> tuple | None:
         if threading.current_thread().name == "segments":
             release.wait(timeout=30)
         return catalogue.source(number)
@@ -192,7 +227,7 @@ def test_close_abandons_training_under_way(tmp_path: Path, references: dict) -> 
     catalogue = Catalogue()
     started, release = threading.Event(), threading.Event()
 
-    def slow_source(number: int) -> tuple[np.ndarray, np.ndarray] | None:
+    def slow_source(number: int) -> tuple | None:
         if threading.current_thread().name == "segments":
             started.set()
             release.wait(timeout=30)
