@@ -258,8 +258,7 @@ class SegmentedIndex:
                 if index.ntotal != entry["windows"]:
                     raise ValueError(f"{entry['file']} holds {index.ntotal} windows, "
                                      f"expected {entry['windows']}")
-                landmarks = (lm.Landmarks.read(self._dir / (entry["file"] + lm.Landmarks.SUFFIX))
-                             if self._landmarks else None)
+                landmarks = self._read_landmarks(entry["file"]) if self._landmarks else None
                 sealed.append(Segment(entry["file"], index, frozenset(entry["numbers"]),
                                       landmarks))
             self._sealed = tuple(sealed)
@@ -294,6 +293,12 @@ class SegmentedIndex:
         self._fresh_landmarks = self._empty_landmarks()
         self._fresh_numbers = set()
         self._write_manifest([p.name for p in self._dir.glob("*.faiss*")])  # what was there
+
+    def _read_landmarks(self, name: str) -> lm.Landmarks:
+        path = self._dir / (name + lm.Landmarks.SUFFIX)
+        if not path.exists():  # not "manifest missing": the manifest is there
+            raise ValueError(f"{path.name} is missing")
+        return lm.Landmarks.read(path)
 
     def _read(self, name: str) -> faiss.Index:
         index = faiss.read_index(str(self._dir / name))
