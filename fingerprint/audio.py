@@ -298,8 +298,13 @@ def peak_frames_bands(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def peaks_between(codes: np.ndarray, first_frame: float, last_frame: float
                   ) -> tuple[np.ndarray, np.ndarray]:
-    """Frames and bands of the ``peaks`` codes in frames [first_frame, last_frame]: the codes
-    sort by frame, so this is a slice."""
-    lo = np.searchsorted(codes, max(int(np.ceil(first_frame)), 0) << _BAND_BITS)
-    hi = np.searchsorted(codes, (max(int(np.floor(last_frame)), -1) + 1) << _BAND_BITS)
-    return peak_frames_bands(codes[lo:hi])
+    """Frames and bands of the ``peaks`` codes in frames [first_frame, last_frame]."""
+    return peak_frames_bands(codes[peaks_slice(codes, first_frame, last_frame)])
+
+
+def peaks_slice(codes: np.ndarray, first_frame: float, last_frame: float) -> slice:
+    """Where the ``peaks`` codes of frames [first_frame, last_frame] lie (either end may be
+    infinite): the codes sort by frame."""
+    first, last = np.clip([np.ceil(first_frame), np.floor(last_frame)], -1, 1 << (32 - _BAND_BITS))
+    bounds = np.array([max(first, 0), last + 1], np.int64) << _BAND_BITS
+    return slice(*(int(i) for i in np.searchsorted(codes, bounds)))

@@ -239,8 +239,9 @@ changes tell the instants apart."""
 VERIFY_SPAN_S = 6.0
 """A candidate is verified over at least this much of the query (window starts)."""
 
-FINGERPRINT_CACHE = 512
-"""References whose stored descriptors stay in memory for verification."""
+READ_SPARE_S = 1.0
+"""Verification reads a reference's descriptors and peaks over the span its lines can reach
+(``_reach``) and this much more: the peak search's shifts and rounding stay inside it."""
 
 
 @dataclass(frozen=True)
@@ -374,8 +375,6 @@ class Catalog:
         self._write_lock = threading.Lock()
         self._indexes = {name: _ModalIndex(m, self._store, index_dir)
                          for name, m in self.modalities.items()}
-        self._cache: dict[tuple[int, str], Fingerprints] = {}
-        self._cache_lock = threading.Lock()
 
     def _refuse_other_formats(self) -> None:
         """Fingerprints of another format cannot be compared with this version's queries, and
@@ -574,8 +573,9 @@ class Catalog:
             reference = references.get(segment.reference)
             if reference is None:  # deleted while this query ran
                 continue
-            stored = self._fingerprints(segment.reference, reference.reference_id,
-                                        modality.name)
+            stored = self._store.fingerprints(
+                reference.reference_id, modality.name,
+                _reach(segment, modality, described.duration_s))
             mine = described.group == described.hypotheses[segment.transform][0]
             evidence = (described.vectors[mine], described.times[mine], stored.vectors,
                         slots(stored.times), modality.hop_s, VERIFY_SPAN_S)
@@ -603,18 +603,6 @@ class Catalog:
                 reference_end_s=min(segment.reference_end_s, reference.duration_s),
                 speed=segment.speed)))
         return matches
-
-    def _fingerprints(self, number: int, reference_id: str, modality: str) -> Fingerprints:
-        """Stored descriptors of a reference, cached: verification reads them per query."""
-        key = (number, modality)
-        with self._cache_lock:
-            cached = self._cache.pop(key, None)
-            if cached is None:
-                cached = self._store.fingerprints(reference_id, modality)
-            self._cache[key] = cached  # most recently used last
-            while len(self._cache) > FINGERPRINT_CACHE:
-                self._cache.pop(next(iter(self._cache)))
-        return cached
 
     def _hits(self, modality: Modality, described: _Described) -> align.Hits:
         """One FAISS search for the searched descriptors; each hit is then read under every
@@ -663,6 +651,22 @@ def _describe_video(frames: VideoFrames) -> _Described:
     return _Described(vectors, times, group,
                       [(g, s) for g in range(len(regions)) for s in VIDEO_SPEEDS],
                       np.ones(len(times), dtype=bool), frames.duration_s)
+
+
+def _reach(segment: align.Segment, modality: Modality, duration_s: float
+           ) -> tuple[float, float]:
+    """The span of the reference that rating ``segment`` can look at: the whole query on
+    lines through the segment's middle at the fastest speed tried, and for video the shift
+    of refinement and the move of localisation (whose own reach is the query's length
+    again)."""
+    speed = max((segment.speed, *modality.refine_speeds))
+    middle_q = (segment.query_start_s + segment.query_end_s) / 2
+    middle_r = segment.reference_start_s + (middle_q - segment.query_start_s) * segment.speed
+    reach = (duration_s + modality.window_s) * speed + READ_SPARE_S
+    if modality.refine_speeds:
+        reach += (REFINE_SHIFT_S + LOCALISE_RANGE_S + (duration_s + modality.hop_s) * speed
+                  + DETAIL_HALF_WIDTH * modality.hop_s)
+    return middle_r - reach, middle_r + reach
 
 
 def _localised(segment: align.Segment, similarity: float, speeds: tuple[float, ...],

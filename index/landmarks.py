@@ -93,13 +93,13 @@ class Table:
             raise ValueError(f"{shifts[-1]} frames are more than one landmark table can place")
         keys = np.concatenate([t.keys for t in tables] or [np.zeros(0, np.uint32)])
         places = np.concatenate([t.places + np.uint32(shift) for t, shift
-                                 in zip(tables, shifts, strict=False)]
+                                 in zip(tables, shifts[:-1], strict=True)]
                                 or [np.zeros(0, np.uint32)])
         order = np.argsort(keys, kind="stable")
         return cls(keys[order], places[order],
                    np.concatenate([t.numbers for t in tables] or [np.zeros(0, np.int64)]),
-                   np.concatenate([t.starts + shift for t, shift in zip(tables, shifts,
-                                                                        strict=False)]
+                   np.concatenate([t.starts + shift for t, shift
+                                   in zip(tables, shifts[:-1], strict=True)]
                                   or [np.zeros(0, np.int64)]), int(shifts[-1]))
 
     def without(self, number: int) -> Table:

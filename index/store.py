@@ -6,16 +6,26 @@ from them and can always be rebuilt (see ``index.vectors``).
 
 from __future__ import annotations
 
+import functools
 import json
+import mmap
 import os
 import sqlite3
+import struct
 import threading
 import time
 import uuid
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from fingerprint import audio
+
+LAYOUT_CACHE = 65_536
+"""Fingerprint files whose array layout is remembered (a few hundred bytes each): reading a
+window then costs a memory map, not a parse of the file's zip directory and headers."""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS reference (
@@ -206,14 +216,71 @@ class Store:
                 (modality, modality)).fetchall()
         return {int(n): rid for n, rid in rows}
 
-    def fingerprints(self, reference_id: str, modality: str) -> Fingerprints:
-        """The reference's descriptors of ``modality`` (none if its media has no such track)."""
-        with np.load(self.fingerprint_dir / f"{reference_id}.npz") as data:
-            if f"{modality}_vectors" not in data:
-                return Fingerprints(np.zeros((0, 0), np.float32), np.zeros(0, np.float32))
-            peaks = data.get(f"{modality}_peaks")
-            return Fingerprints(data[f"{modality}_vectors"].astype(np.float32),
-                                data[f"{modality}_times"], peaks)
+    def fingerprints(self, reference_id: str, modality: str,
+                     between_s: tuple[float, float] = (-np.inf, np.inf)) -> Fingerprints:
+        """The reference's descriptors of ``modality`` that start within ``between_s`` (and
+        its peaks there); none if its media has no such track.
+
+        The file's arrays are stored uncompressed, so they are mapped rather than loaded and
+        only the pages of the span are read: verification looks at seconds of references
+        that are often hours long and, in a large catalogue, rarely in memory.
+        """
+        path = self.fingerprint_dir / f"{reference_id}.npz"
+        layout = _npz_layout(path)
+        if f"{modality}_vectors" not in layout:
+            return Fingerprints(np.zeros((0, 0), np.float32), np.zeros(0, np.float32))
+        first, last = between_s
+        with open(path, "rb") as handle:
+            mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        times = layout[f"{modality}_times"].of(mapped)
+        lo, hi = np.searchsorted(times, first, "left"), np.searchsorted(times, last, "right")
+        peaks = None
+        if f"{modality}_peaks" in layout:
+            peaks = layout[f"{modality}_peaks"].of(mapped)
+            peaks = np.array(peaks[audio.peaks_slice(peaks, first * audio.FRAME_RATE_HZ,
+                                                     last * audio.FRAME_RATE_HZ)])
+        vectors = layout[f"{modality}_vectors"].of(mapped)
+        return Fingerprints(vectors[lo:hi].astype(np.float32), np.array(times[lo:hi]), peaks)
+
+
+@dataclass(frozen=True)
+class _Member:
+    """Where one array of an ``np.savez`` file lies in it."""
+
+    offset: int
+    dtype: np.dtype
+    shape: tuple[int, ...]
+
+    def of(self, mapped: mmap.mmap) -> np.ndarray:
+        """The array, read in place from the file's memory map (the map stays open while
+        the array lives): slicing it reads only the slice's pages."""
+        return np.frombuffer(mapped, self.dtype, int(np.prod(self.shape)),
+                             self.offset).reshape(self.shape)
+
+
+@functools.lru_cache(maxsize=LAYOUT_CACHE)
+def _npz_layout(path: Path) -> dict[str, _Member]:
+    """The arrays of an ``np.savez`` file and where each lies: savez stores its members
+    uncompressed, each a .npy file at an offset the zip directory gives. A fingerprint file
+    is written once and never changed, so its layout can be kept."""
+    layout = {}
+    with zipfile.ZipFile(path) as archive, open(path, "rb") as handle:
+        for member in archive.infolist():
+            if member.compress_type != zipfile.ZIP_STORED:
+                raise ValueError(f"{path}: {member.filename} is compressed; fingerprint "
+                                 "files are written uncompressed by this store")
+            handle.seek(member.header_offset)
+            local = handle.read(30)  # the local header; its name and extra field follow
+            name_length, extra_length = struct.unpack("<HH", local[26:30])
+            handle.seek(member.header_offset + 30 + name_length + extra_length)
+            version = np.lib.format.read_magic(handle)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, fortran_order, dtype = read_header(handle)
+            if fortran_order:
+                raise ValueError(f"{path}: {member.filename} is in Fortran order")
+            layout[member.filename.removesuffix(".npy")] = _Member(handle.tell(), dtype, shape)
+    return layout
 
 
 _COLUMNS = ("number, reference_id, title, external_id, metadata, duration_s, modalities,"

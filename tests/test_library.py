@@ -40,7 +40,7 @@ from index.catalog import (
     NotFoundError,
     fingerprint_reference,
 )
-from index.store import Fingerprints
+from index.store import Fingerprints, Store
 from tests.media import (
     CATALOGUE,
     audio_then_video,
@@ -571,3 +571,26 @@ def test_media_longer_than_the_limit_is_refused() -> None:
     with pytest.raises(MediaError, match=r"runs longer than 0\.25 min"):
         decode_media(intro, max_duration_s=15.0)
     assert decode_media(intro, max_duration_s=40.0).frames is not None
+
+
+def test_a_window_of_stored_fingerprints_is_that_slice_of_them(tmp_path: Path) -> None:
+    """Verification reads a reference's fingerprints over a span only: the window holds
+    exactly the descriptors starting in it and the peaks of its frames."""
+    duration_s, fingerprints = fingerprint_reference(fixture("knolls"))
+    store = Store(tmp_path / "data")
+    _, reference = store.add(title="knolls", external_id="", metadata={},
+                             duration_s=duration_s, content_sha256="cd" * 32,
+                             fingerprint_format="test", fingerprints=fingerprints)
+    whole = store.fingerprints(reference.reference_id, "audio")
+    assert np.array_equal(whole.vectors, fingerprints["audio"].vectors.astype(np.float16))
+    assert np.array_equal(whole.peaks, fingerprints["audio"].peaks)
+    window = store.fingerprints(reference.reference_id, "audio", (7.3, 12.0))
+    inside = (whole.times >= 7.3) & (whole.times <= 12.0)
+    assert 0 < inside.sum() < len(whole.times)
+    assert np.array_equal(window.times, whole.times[inside])
+    assert np.array_equal(window.vectors, whole.vectors[inside])
+    frames = peak_frames_bands(whole.peaks)[0]
+    in_span = (frames >= np.ceil(7.3 * FRAME_RATE_HZ)) & (frames <= np.floor(12.0 * FRAME_RATE_HZ))
+    assert np.array_equal(window.peaks, whole.peaks[in_span])
+    assert len(store.fingerprints(reference.reference_id, "video").vectors) == 0
+    store.close()
