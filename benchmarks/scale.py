@@ -1,8 +1,11 @@
 """The catalogue grown to hundreds and thousands of hours: the real catalogue padded with
 distractors (``benchmarks.distractors``: real music made into different music, real footage
 into different footage), and at each size the real query grid's accuracy, match latency,
-build time, memory, index bytes per hour and start-up time after a restart, measured in one
-run on one machine.
+build time, index bytes per hour, and the start-up time and resident memory of a fresh
+process that opens the catalogue (a restarted service), measured in one run on one machine.
+``--resume`` goes on growing a catalogue an earlier run kept (``--data-dir``): its first row
+measures it as it stands, and the saved table keeps the earlier run's smaller rows, each row
+naming the commit that measured it.
 
 Queries are a fixed sample of the audio (or video) grid's clips (every row, catalogue and
 non-catalogue), matched in-process one at a time: from their fingerprints (what a crawler
@@ -16,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -128,10 +133,9 @@ def grow(catalog: Any, sources: list[Path], variants: Iterator[Any],
 
 def measure(catalog: Any, queries: list[tuple[clipsets.Clip, Any]], refs: dict[str, str],
             hours: float, repeat: Any) -> dict[str, Any]:
-    """Accuracy, latency and memory against the catalogue as it stands. The
-    clips sent as bytes are matched in a pass of their own, after the others: matched
-    straight after the same clip's fingerprints, they would find the references it needs
-    already in the verification cache."""
+    """Accuracy and latency against the catalogue as it stands. The clips sent as bytes are
+    matched in a pass of their own, after the others: matched straight after the same clip's
+    fingerprints, they would find the pages of the references it needs in memory."""
     outcomes, from_bytes = [], []
     for clip, query in tqdm(queries, desc="match", unit="clip"):
         start = time.perf_counter()
@@ -153,8 +157,54 @@ def measure(catalog: Any, queries: list[tuple[clipsets.Clip, Any]], refs: dict[s
             "catalogue_clips": len(catalogue),
             "false_matches": sum(o.verdict == "false" for o in outcomes),
             "negative_clips": len(outcomes) - len(catalogue),
-            "fingerprint_ms": latency(ten), "bytes_ms": latency(from_bytes),
-            "rss_mb": rss_mb()}
+            "fingerprint_ms": latency(ten), "bytes_ms": latency(from_bytes)}
+
+
+def restart(data_dir: Path, clip: clipsets.Clip) -> dict[str, float]:
+    """Start-up time and resident memory of a fresh process that opens the catalogue and
+    matches one clip: what a restarted service needs, without the garbage the process that
+    built the catalogue carries (``probe`` runs in it)."""
+    out = subprocess.run([sys.executable, "-m", "benchmarks.scale", "--probe", str(data_dir),
+                          clip.path], capture_output=True, text=True, check=True).stdout
+    return json.loads(out.splitlines()[-1])
+
+
+def probe(data_dir: Path, clip_path: str) -> None:
+    from index.catalog import Catalog, fingerprint_media
+
+    query = fingerprint_media(clip_path)
+    start = time.perf_counter()
+    catalog = Catalog(data_dir)
+    catalog.match(query)
+    restart_s = time.perf_counter() - start
+    print(json.dumps({"restart_s": round(restart_s, 1), "rss_mb": rss_mb()}))
+    catalog.close()
+
+
+def resumed(catalog: Any) -> tuple[dict[str, str], float, int]:
+    """What a kept catalogue holds: reference_id → track key of the real catalogue (the
+    references registered with an external id), hours of media, and how many distractors."""
+    refs, hours, distractor_count, token = {}, 0.0, 0, ""
+    while True:
+        page, token, _ = catalog.list(1000, token)
+        for reference in page:
+            hours += reference.duration_s / 3600
+            if reference.external_id:
+                refs[reference.reference_id] = reference.title
+            else:
+                distractor_count += 1
+        if not token:
+            return refs, hours, distractor_count
+
+
+def smaller_rows(saved: Path, hours: float) -> list[dict[str, Any]]:
+    """The rows of an earlier run's results for catalogues smaller than ``hours``, each
+    marked with the commit that measured it: a resumed run extends that table."""
+    if not saved.exists():
+        return []
+    results = json.loads(saved.read_text())
+    return [{"commit": results["commit"], **row} for row in results["rows"]
+            if row["hours"] < hours - 0.5]
 
 
 def latency(seconds: list[float]) -> dict[str, float]:
@@ -202,8 +252,18 @@ def main(argv: list[str] | None = None) -> None:
                         f"{','.join(f'{s:g}' for s in SIZES_H['video'][False])})")
     parser.add_argument("--data-dir", type=Path, help="keep the catalogue here (default: a "
                         "temporary folder, removed at the end)")
+    parser.add_argument("--resume", action="store_true", help="go on growing the catalogue "
+                        "kept in --data-dir by an earlier run (its first row measures it as it "
+                        "is)")
+    parser.add_argument("--probe", nargs=2, metavar=("DATA_DIR", "CLIP"),
+                        help=argparse.SUPPRESS)  # internal: one restart measurement (restart)
     parser.add_argument("--write-md", action="store_true", help="regenerate BENCHMARKS.md")
     args = parser.parse_args(argv)
+    if args.probe:
+        probe(Path(args.probe[0]), args.probe[1])
+        return
+    if args.resume and not (args.data_dir and (args.data_dir / "catalog.sqlite").exists()):
+        parser.error("--resume needs the --data-dir of an earlier run")
     sizes = ([float(s) for s in args.sizes.split(",")] if args.sizes
              else list(SIZES_H[args.modality][args.quick]))
     from index.catalog import Catalog, fingerprint_media
@@ -214,9 +274,19 @@ def main(argv: list[str] | None = None) -> None:
     data_dir = args.data_dir or Path(temporary.name) / "data"
     index_dir = data_dir / "index" / args.modality
     catalog = Catalog(data_dir)
-    refs, costs = grid.ingest(catalog, catalogue)
-    hours = costs["audio_h"]  # hours of media registered, whichever tracks it has
-    rows, total_added, added = [], 0, 0
+    stem = "scale" if args.modality == "audio" else "scale_video"
+    earlier: list[dict[str, Any]] = []
+    if args.resume:
+        refs, hours, total_added = resumed(catalog)
+        variants = itertools.islice(variants, total_added, None)  # the order is fixed
+        earlier = smaller_rows(grid.RESULTS / f"{stem}.json", hours)
+        sizes = [size for size in sizes if size > hours]
+    else:
+        refs, costs = grid.ingest(catalog, catalogue)
+        hours = costs["audio_h"]  # hours of media registered, whichever tracks it has
+        total_added = 0
+    probe_clip = next(c for c, _ in queries if c.role == "catalogue")
+    rows, added = [], 0
     for size in [0.0, *sizes]:
         start = time.perf_counter()
         if size:
@@ -224,15 +294,14 @@ def main(argv: list[str] | None = None) -> None:
             catalog.wait_for_index()
         build_s = time.perf_counter() - start
         total_added += added
-        row = {"distractors": total_added, "build_s": round(build_s, 1),
+        row = {"commit": grid.commit(), "distractors": total_added,
+               "build_s": round(build_s, 1) if size or not args.resume else None,
                **measure(catalog, queries, refs, hours, repeat)}
         catalog.close()  # writes the fresh segment too: the index is then all on disk
         row["index_mb_per_h"] = round(sum(p.stat().st_size for pattern in grid.INDEX_PATTERNS
                                           for p in index_dir.glob(pattern)) / hours / 1e6, 3)
-        start = time.perf_counter()
+        row |= restart(data_dir, probe_clip)
         catalog = Catalog(data_dir)
-        catalog.match(queries[0][1])
-        row["restart_s"] = round(time.perf_counter() - start, 1)
         rows.append(row)
         print(row, file=sys.stderr)
         if size and added == 0:
@@ -241,9 +310,8 @@ def main(argv: list[str] | None = None) -> None:
     results = {**grid.run_stamp("benchmarks.scale", argv, args.quick),
                "modality": args.modality, "queries": len(queries),
                "catalogue_tracks": len(catalogue), "distractor_sources": len(sources),
-               "rows": rows}
-    grid.save_results("scale" if args.modality == "audio" else "scale_video", results, render,
-                      args.write_md)
+               "rows": earlier + rows}
+    grid.save_results(stem, results, render, args.write_md)
     temporary.cleanup()
 
 
@@ -255,20 +323,22 @@ def render(results: dict[str, Any]) -> str:
              f"real catalogue alone ({results['catalogue_tracks']} {kind}); distractors made "
              f"from {results['distractor_sources']} corpus {kind}.", "",
              "| hours | distractors | % title + offset | false matches | 10 s clip from "
-             "fingerprints p50 / p95 / p99 | from bytes p50 / p95 / p99 | build | RSS | "
-             f"{modality} index MB/h | restart |", "|---" * 10 + "|"]
+             "fingerprints p50 / p95 / p99 | from bytes p50 / p95 / p99 | build | RSS after "
+             f"restart | {modality} index MB/h | restart | commit |", "|---" * 11 + "|"]
     for r in results["rows"]:
         fp, by = r["fingerprint_ms"], r["bytes_ms"]
         lines.append(
             f"| {r['hours']:g} | {r['distractors']} | {r['title_offset_pct']} | "
             f"{r['false_matches']} of {r['negative_clips']} | "
             f"{fp.get('p50')} / {fp.get('p95')} / {fp.get('p99')} ms | "
-            f"{by.get('p50')} / {by.get('p95')} / {by.get('p99')} ms | {r['build_s']:g} s | "
-            f"{r['rss_mb']:g} MB | {r['index_mb_per_h']} | {r.get('restart_s', '–')} s |")
+            f"{by.get('p50')} / {by.get('p95')} / {by.get('p99')} ms | "
+            f"{'–' if r['build_s'] is None else format(r['build_s'], 'g') + ' s'} | "
+            f"{r['rss_mb']:g} MB | {r['index_mb_per_h']} | {r.get('restart_s', '–')} s | "
+            f"{r.get('commit', results['commit'])[:7]} |")
     if modality == "audio" and (projected := projection(results["rows"])) is not None:
-        lines += ["", f"Resident memory grows by {projected['mb_per_h']:g} MB per hour of "
-                  f"reference between the two largest sizes; at that rate 10,000 h would "
-                  f"take {projected['gb_at_10000_h']:g} GB."]
+        lines += ["", f"Resident memory of a restarted service grows by "
+                  f"{projected['mb_per_h']:g} MB per hour of reference between the two largest "
+                  f"sizes; at that rate 10,000 h would take {projected['gb_at_10000_h']:g} GB."]
     return "\n".join(lines) + "\n"
 
 
