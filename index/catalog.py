@@ -27,6 +27,7 @@ from threadpoolctl import threadpool_limits
 from fingerprint import audio, video
 from fingerprint.audio import BandFrames
 from fingerprint.decode import (
+    MAX_DURATION_S,
     VIDEO_FRAME_RATE,
     MediaError,
     MediaSource,
@@ -286,9 +287,10 @@ def _one_thread_per_process() -> None:
     set_decoder_threads(1)
 
 
-def fingerprint_media(media: MediaSource) -> Query:
-    """Decode ``media`` once and compute the stage-1 fingerprint of each track it has."""
-    decoded = decode_media(media)
+def fingerprint_media(media: MediaSource, max_duration_s: float = MAX_DURATION_S) -> Query:
+    """Decode ``media`` once and compute the stage-1 fingerprint of each track it has
+    (``MediaTooLong`` past ``max_duration_s``)."""
+    decoded = decode_media(media, max_duration_s=max_duration_s)
     return Query(
         audio=None if decoded.samples is None else audio.band_frames(decoded.samples),
         video=None if decoded.frames is None else VideoFrames(decoded.frames,
