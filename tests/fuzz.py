@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 
 from clipmatch.v1 import clipmatch_pb2 as pb
 from clipmatch.v1 import clipmatch_pb2_grpc as pb_grpc
+from fingerprint import audio, video
 from fingerprint.decode import MediaError, decode_media
 from tests.conftest import SERVER_COMMAND, ServerProcess
 from tests.media import encode, excerpt, fixture, load, video_clip, video_fixture
@@ -98,25 +99,36 @@ filenames = st.one_of(
                      ".mp3", "../../etc/passwd", "C:\\clips\\a.flac"]),
     st.text(max_size=300))
 floats = st.floats(allow_nan=True, allow_infinity=True, width=64)
-sizes = st.one_of(st.integers(0, 4096), st.sampled_from([193, 2**31 - 1, 2**32 - 1]))
+sizes = st.one_of(st.integers(0, 4096), st.sampled_from([2**31 - 1, 2**32 - 1]))
+
+
+def band_values(rows: int) -> bytes:
+    """``rows`` frames of made-up band energies, as the wire carries them."""
+    return np.random.default_rng(rows).standard_normal(
+        (rows, audio.N_BANDS)).astype("<f2").tobytes()
+
+
+well_formed = st.builds(lambda rows: pb.MatchFingerprintRequest(audio=pb.AudioFingerprint(
+    format=audio.FORMAT, frame_rate_hz=audio.FRAME_RATE_HZ, num_bands=audio.N_BANDS,
+    values=band_values(rows))), st.integers(1, 3000))
+"""Requests the server must answer with matches (none, for made-up energies)."""
 
 
 @st.composite
-def fingerprint_requests(draw: Callable[..., Any]) -> pb.MatchFingerprintRequest:
+def hostile_fingerprints(draw: Callable[..., Any]) -> pb.MatchFingerprintRequest:
     """Audio and/or video fingerprints with fields right, wrong or absurd."""
     request = pb.MatchFingerprintRequest()
     if draw(st.booleans()):
-        bands = draw(st.one_of(st.just(193), sizes))
+        bands = draw(st.one_of(st.just(audio.N_BANDS), sizes))
         request.audio.CopyFrom(pb.AudioFingerprint(
-            format=draw(st.one_of(st.just("logbands-v3"), st.text(max_size=20))),
-            frame_rate_hz=draw(st.one_of(st.just(22050 / 256), floats)), num_bands=bands,
-            values=draw(st.one_of(st.binary(max_size=65536), st.builds(
-                lambda rows: np.random.default_rng(rows).standard_normal(
-                    (rows, 193)).astype("<f2").tobytes(), st.integers(0, 800))))))
+            format=draw(st.one_of(st.just(audio.FORMAT), st.text(max_size=20))),
+            frame_rate_hz=draw(st.one_of(st.just(audio.FRAME_RATE_HZ), floats)),
+            num_bands=bands, values=draw(st.one_of(st.binary(max_size=65536),
+                                                   st.builds(band_values, st.integers(0, 800))))))
     if draw(st.booleans()):
         width, height = draw(sizes), draw(sizes)
         request.video.CopyFrom(pb.VideoFingerprint(
-            format=draw(st.one_of(st.just("grey128-v1"), st.text(max_size=20))),
+            format=draw(st.one_of(st.just(video.FORMAT), st.text(max_size=20))),
             width=width, height=height, pixels=draw(st.binary(max_size=65536)),
             times=draw(st.lists(floats, max_size=64))))
     return request
@@ -149,7 +161,8 @@ class Tally:
 
 def rpc_targets(channel: grpc.Channel, seeds: list[bytes], tally: Tally
                 ) -> dict[str, Callable[[int], None]]:
-    """Each RPC as a Hypothesis test of ``cases`` examples, tallying the answers."""
+    """Each RPC as a Hypothesis test of ``cases`` examples, tallying the answers (ids are
+    made up or those stored when it starts; deletions run after the matches)."""
     references = pb_grpc.ReferenceServiceStub(channel)
     matching = pb_grpc.MatchServiceStub(channel)
     deadline = {"timeout": CALL_DEADLINE_S}
@@ -162,6 +175,9 @@ def rpc_targets(channel: grpc.Channel, seeds: list[bytes], tally: Tally
         return cases
 
     media = mutated(seeds)
+    stored = [ref.reference_id for ref in references.ListReferences(
+        pb.ListReferencesRequest(), **deadline).references]
+    ids = st.one_of(st.text(max_size=200), st.sampled_from(stored))
     return {
         "MatchClip": run(st.tuples(media, filenames), lambda args: tally.call(
             "MatchClip", lambda: matching.MatchClip(_stream(
@@ -175,12 +191,13 @@ def rpc_targets(channel: grpc.Channel, seeds: list[bytes], tally: Tally
                 _stream(pb.ReferenceHeader(filename=args[1], title=args[2],
                                            metadata=args[3]), args[0],
                         pb.CreateReferenceRequest), **deadline))),
-        "MatchFingerprint": run(fingerprint_requests(), lambda request: tally.call(
-            "MatchFingerprint", lambda: matching.MatchFingerprint(request, **deadline))),
-        "GetReference": run(st.text(max_size=200), lambda rid: tally.call(
+        "MatchFingerprint": run(
+            st.one_of(well_formed, hostile_fingerprints()), lambda request: tally.call(
+                "MatchFingerprint", lambda: matching.MatchFingerprint(request, **deadline))),
+        "GetReference": run(ids, lambda rid: tally.call(
             "GetReference", lambda: references.GetReference(
                 pb.GetReferenceRequest(reference_id=rid), **deadline))),
-        "DeleteReference": run(st.text(max_size=200), lambda rid: tally.call(
+        "DeleteReference": run(ids, lambda rid: tally.call(
             "DeleteReference", lambda: references.DeleteReference(
                 pb.DeleteReferenceRequest(reference_id=rid), **deadline))),
         "ListReferences": run(
@@ -240,7 +257,7 @@ def run(cases: int, directory: Path) -> dict[str, Any]:
     seeds = seed_media(directory)
     with fuzzed_server(directory) as (server, channel):
         targets = rpc_targets(channel, seeds, tally)
-        share = max(1, cases // (len(targets) + 1))
+        share = -(-cases // (len(targets) + 1))  # rounded up: at least ``cases`` in all
         decoder_cases(seeds, share, tally)
         for target in targets.values():
             target(share)

@@ -20,3 +20,4 @@ def test_hostile_input_is_answered_and_the_server_stays_up(tmp_path: Path) -> No
     # the cases reach past the validation: some media decodes and some clips are answered
     assert report["codes"]["decode_media"].get("decoded", 0) > 0
     assert report["codes"]["MatchClip"].get("OK", 0) > 0
+    assert report["codes"]["MatchFingerprint"].get("OK", 0) > 0
