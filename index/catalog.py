@@ -575,9 +575,12 @@ class Catalog:
             reference = references.get(segment.reference)
             if reference is None:  # deleted while this query ran
                 continue
-            stored = self._store.fingerprints(
-                reference.reference_id, modality.name,
-                _reach(segment, modality, described.duration_s))
+            try:
+                stored = self._store.fingerprints(
+                    reference.reference_id, modality.name,
+                    _reach(segment, modality, described.duration_s))
+            except FileNotFoundError:  # deleted since it was looked up
+                continue
             mine = described.group == described.hypotheses[segment.transform][0]
             evidence = (described.vectors[mine], described.times[mine], stored.vectors,
                         slots(stored.times), modality.hop_s, VERIFY_SPAN_S)
