@@ -198,7 +198,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from server.app import serve  # the index and its dependencies load only for this command
 
     serve(args.data_dir, args.listen, args.rpc_threads,
-          ingest_processes=args.ingest_processes)
+          ingest_processes=args.ingest_processes,
+          limits=server_options.Limits.from_args(args))
     return 0
 
 

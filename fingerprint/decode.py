@@ -51,6 +51,10 @@ class MediaError(ValueError):
     """The input cannot be used as media; the message says why, for a person to read."""
 
 
+class MediaTooLong(MediaError):
+    """The media runs past the longest duration the caller accepts."""
+
+
 @dataclass(frozen=True)
 class Decoded:
     """What one pass over a file gives: either part is None when the file has no such track."""
@@ -122,16 +126,17 @@ def decode_media(source: MediaSource, *, audio: bool = True, video: bool = True,
                     continue
                 for frame in decoded:
                     if frame.time is not None and frame.time > last_time:
-                        raise MediaError(
-                            f"the media runs longer than {max_duration_s / 60:g} min, the "
-                            f"longest accepted: split it into parts and send each")
+                        raise MediaTooLong(
+                            f"the media runs longer than {max_duration_s:g} s "
+                            f"({max_duration_s / 60:g} min), the longest accepted: split it "
+                            "into parts and send each")
                     if isinstance(frame, av.AudioFrame):
                         if resampler is None:
                             resampler = _BlockResampler(frame.sample_rate, sample_rate)
                         resampler.push(frame)
                     elif sampler is not None:
                         sampler.push(frame)
-        except MediaError:
+        except MediaError:  # MediaTooLong included
             raise
         except (av.error.FFmpegError, ValueError) as exc:
             error = exc  # the container itself broke: keep what decoded before

@@ -27,6 +27,7 @@ from threadpoolctl import threadpool_limits
 from fingerprint import audio, video
 from fingerprint.audio import BandFrames
 from fingerprint.decode import (
+    MAX_DURATION_S,
     VIDEO_FRAME_RATE,
     MediaError,
     MediaSource,
@@ -286,9 +287,10 @@ def _one_thread_per_process() -> None:
     set_decoder_threads(1)
 
 
-def fingerprint_media(media: MediaSource) -> Query:
-    """Decode ``media`` once and compute the stage-1 fingerprint of each track it has."""
-    decoded = decode_media(media)
+def fingerprint_media(media: MediaSource, max_duration_s: float = MAX_DURATION_S) -> Query:
+    """Decode ``media`` once and compute the stage-1 fingerprint of each track it has
+    (``MediaTooLong`` past ``max_duration_s``)."""
+    decoded = decode_media(media, max_duration_s=max_duration_s)
     return Query(
         audio=None if decoded.samples is None else audio.band_frames(decoded.samples),
         video=None if decoded.frames is None else VideoFrames(decoded.frames,
@@ -573,9 +575,12 @@ class Catalog:
             reference = references.get(segment.reference)
             if reference is None:  # deleted while this query ran
                 continue
-            stored = self._store.fingerprints(
-                reference.reference_id, modality.name,
-                _reach(segment, modality, described.duration_s))
+            try:
+                stored = self._store.fingerprints(
+                    reference.reference_id, modality.name,
+                    _reach(segment, modality, described.duration_s))
+            except FileNotFoundError:  # deleted since it was looked up
+                continue
             mine = described.group == described.hypotheses[segment.transform][0]
             evidence = (described.vectors[mine], described.times[mine], stored.vectors,
                         slots(stored.times), modality.hop_s, VERIFY_SPAN_S)

@@ -27,6 +27,11 @@ LAYOUT_CACHE = 65_536
 """Fingerprint files whose array layout is remembered (a few hundred bytes each): reading a
 window then costs a memory map, not a parse of the file's zip directory and headers."""
 
+WHOLE_FILE_BYTES = 1 << 20
+"""A fingerprint file up to this size (an hour of audio is 4 MB) is asked of the disk whole
+when its layout is first read: one sequential read costs less than the several small ones
+the zip directory, the array headers and a window would take apart."""
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS reference (
     number INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -264,8 +269,11 @@ def _npz_layout(path: Path) -> dict[str, _Member]:
     uncompressed, each a .npy file at an offset the zip directory gives. A fingerprint file
     is written once and never changed, so its layout can be kept."""
     layout = {}
-    with zipfile.ZipFile(path) as archive, open(path, "rb") as handle:
-        for member in archive.infolist():
+    with open(path, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size <= WHOLE_FILE_BYTES:
+            os.posix_fadvise(handle.fileno(), 0, size, os.POSIX_FADV_WILLNEED)
+        for member in zipfile.ZipFile(handle).infolist():
             if member.compress_type != zipfile.ZIP_STORED:
                 raise ValueError(f"{path}: {member.filename} is compressed; fingerprint "
                                  "files are written uncompressed by this store")

@@ -7,6 +7,7 @@ import signal
 import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 
 import grpc
@@ -17,7 +18,7 @@ from clipmatch.v1 import clipmatch_pb2 as pb
 from clipmatch.v1 import clipmatch_pb2_grpc as pb_grpc
 from index.catalog import Catalog
 from server import logs, options
-from server.options import DEFAULT_LISTEN
+from server.options import DEFAULT_LIMITS, DEFAULT_LISTEN, Limits
 from server.servicers import MatchServicer, ReferenceServicer
 
 SERVICE_NAMES = tuple(service.full_name for service in pb.DESCRIPTOR.services_by_name.values())
@@ -32,8 +33,8 @@ UPLOADS_DIR = "tmp"
 
 def build_server(catalog: Catalog, listen: str = DEFAULT_LISTEN,
                  max_workers: int = DEFAULT_WORKERS, *, upload_dir: Path | None = None,
-                 health_servicer: health.HealthServicer | None = None
-                 ) -> tuple[grpc.Server, int]:
+                 health_servicer: health.HealthServicer | None = None,
+                 limits: Limits = DEFAULT_LIMITS) -> tuple[grpc.Server, int]:
     """A server (not yet started) bound to ``listen``, and the port it got (``:0`` picks one).
 
     ``upload_dir`` is where uploads are spooled (the system temp dir if None); pass a
@@ -47,8 +48,9 @@ def build_server(catalog: Catalog, listen: str = DEFAULT_LISTEN,
                  ("grpc.so_reuseport", 0)],
     )
     spool = upload_dir or Path(tempfile.gettempdir())
-    pb_grpc.add_ReferenceServiceServicer_to_server(ReferenceServicer(catalog, spool), server)
-    pb_grpc.add_MatchServiceServicer_to_server(MatchServicer(catalog, spool), server)
+    pb_grpc.add_ReferenceServiceServicer_to_server(ReferenceServicer(catalog, spool, limits),
+                                                   server)
+    pb_grpc.add_MatchServiceServicer_to_server(MatchServicer(catalog, spool, limits), server)
 
     health_servicer = health_servicer or health.HealthServicer()
     for name in ("", *SERVICE_NAMES):
@@ -75,11 +77,12 @@ def _spool_dir(data_dir: Path) -> Path:
 
 
 def serve(data_dir: str | Path, listen: str = DEFAULT_LISTEN,
-          max_workers: int = DEFAULT_WORKERS, *, ingest_processes: int = 0) -> None:
+          max_workers: int = DEFAULT_WORKERS, *, ingest_processes: int = 0,
+          limits: Limits = DEFAULT_LIMITS) -> None:
     """Serve the catalogue in ``data_dir`` until SIGTERM or SIGINT, then shut down cleanly:
     health goes NOT_SERVING, in-flight calls get GRACE_S seconds, the catalogue is closed.
     Registrations are fingerprinted in ``ingest_processes`` processes (0: in the RPC
-    threads)."""
+    threads); ``limits`` bound what one request may ask."""
     logs.configure()
     data_dir = Path(data_dir)
     stop = threading.Event()
@@ -101,14 +104,14 @@ def serve(data_dir: str | Path, listen: str = DEFAULT_LISTEN,
         try:
             server, port = build_server(catalog, listen, max_workers,
                                         upload_dir=_spool_dir(data_dir),
-                                        health_servicer=health_servicer)
+                                        health_servicer=health_servicer, limits=limits)
         except OSError as exc:
             logs.event("cannot_listen", logging.ERROR, listen=listen, error=str(exc))
             raise SystemExit(1) from exc
         server.start()
         host = listen.rsplit(":", 1)[0]
         logs.event("serving", listen=f"{host}:{port}", port=port, data_dir=str(data_dir),
-                   services=list(SERVICE_NAMES))
+                   services=list(SERVICE_NAMES), limits=asdict(limits))
         stop.wait()
         logs.event("stopping", grace_s=GRACE_S)
         health_servicer.enter_graceful_shutdown()

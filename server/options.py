@@ -8,10 +8,35 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 
 DEFAULT_DATA_DIR = "./data"
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_RPC_THREADS = 8
+DEFAULT_MAX_REFERENCE_MB = 4096
+DEFAULT_MAX_CLIP_MB = 256
+DEFAULT_MAX_CLIP_S = 900
+
+
+MB = 1_000_000
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask of the server: past a limit the call ends with
+    RESOURCE_EXHAUSTED and a message naming the limit, before the work it would cost."""
+
+    max_reference_bytes: int = DEFAULT_MAX_REFERENCE_MB * MB
+    max_clip_bytes: int = DEFAULT_MAX_CLIP_MB * MB
+    max_clip_s: float = DEFAULT_MAX_CLIP_S
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Limits:
+        return cls(args.max_reference_mb * MB, args.max_clip_mb * MB,
+                   float(args.max_clip_seconds))
+
+
+DEFAULT_LIMITS = Limits()
 
 
 def whole_number(minimum: int) -> Callable[[str], int]:
@@ -27,7 +52,8 @@ def whole_number(minimum: int) -> Callable[[str], int]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add --data-dir, --listen, --rpc-threads and --ingest-processes to ``parser``."""
+    """Add --data-dir, --listen, --rpc-threads, --ingest-processes and the limits to
+    ``parser``."""
     parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
                         help=f"catalogue directory, created if absent (default {DEFAULT_DATA_DIR})")
     parser.add_argument("--listen", default=DEFAULT_LISTEN,
@@ -40,3 +66,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         metavar="N",
                         help="processes that fingerprint registrations in parallel, 0 for none "
                              "(default: one per CPU core, here %(default)s)")
+    limits = parser.add_argument_group("limits (a request past one is refused with "
+                                       "RESOURCE_EXHAUSTED, nothing stored)")
+    limits.add_argument("--max-reference-mb", type=whole_number(1),
+                        default=DEFAULT_MAX_REFERENCE_MB, metavar="MB",
+                        help="largest reference upload (default %(default)s)")
+    limits.add_argument("--max-clip-mb", type=whole_number(1), default=DEFAULT_MAX_CLIP_MB,
+                        metavar="MB", help="largest clip upload to match (default %(default)s)")
+    limits.add_argument("--max-clip-seconds", type=whole_number(1), default=DEFAULT_MAX_CLIP_S,
+                        metavar="S", help="longest clip to match, sent as media or as "
+                                          "fingerprints (default %(default)s)")

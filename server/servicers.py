@@ -23,10 +23,11 @@ import grpc
 
 from clipmatch.v1 import clipmatch_pb2 as pb
 from clipmatch.v1 import clipmatch_pb2_grpc as pb_grpc
-from fingerprint.decode import MediaError
+from fingerprint.decode import MediaError, MediaTooLong
 from index.catalog import Catalog, DuplicateError, Match, NotFoundError, fingerprint_media
 from server import convert, logs
 from server.convert import InvalidRequest
+from server.options import DEFAULT_LIMITS, MB, Limits
 
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
@@ -49,6 +50,8 @@ def _rpc(handler: Handler) -> Method:
             return handler(self, request, context, fields)
         except InvalidRequest as exc:
             code, message = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+        except (LimitExceeded, MediaTooLong) as exc:
+            code, message = grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
         except DuplicateError as exc:
             code, message = grpc.StatusCode.ALREADY_EXISTS, _duplicate_message(exc)
             fields["reference_id"] = exc.reference_id
@@ -82,6 +85,17 @@ class ClientCancelled(Exception):
     """The client cancelled the call (or its deadline passed) before the answer."""
 
 
+class LimitExceeded(Exception):
+    """The request asks more than the server's ``Limits`` allow; the message names the
+    limit and what to do."""
+
+
+def _still_wanted(context: grpc.ServicerContext) -> None:
+    """Stop before more work if the caller has cancelled or its deadline has passed."""
+    if not context.is_active():
+        raise ClientCancelled()
+
+
 class ChunkedRequest(Protocol):
     """CreateReferenceRequest and MatchClipRequest: a header, then chunks."""
 
@@ -112,9 +126,11 @@ def _suffix(filename: str) -> str:
 
 @contextmanager
 def received_upload(requests: Iterator[ChunkedRequest], upload_dir: Path,
-                    fields: dict[str, Any]) -> Iterator[Upload]:
+                    fields: dict[str, Any], max_bytes: int, limit_flag: str
+                    ) -> Iterator[Upload]:
     """Write a header-then-chunks stream to a temporary file, one chunk in memory at a time,
-    and delete the file when the block ends. Notes the file name and size in ``fields``."""
+    and delete the file when the block ends. Notes the file name and size in ``fields``.
+    Stops reading once the upload passes ``max_bytes`` (the server's ``limit_flag``)."""
     first = next(requests, None)
     started = time.perf_counter()
     if first is None or first.WhichOneof("payload") != "header":
@@ -131,9 +147,13 @@ def received_upload(requests: Iterator[ChunkedRequest], upload_dir: Path,
             for request in requests:
                 if request.WhichOneof("payload") != "chunk":
                     raise InvalidRequest("after the header, every message must be a chunk")
-                out.write(request.chunk)
                 size += len(request.chunk)
                 fields["bytes"] = size
+                if size > max_bytes:
+                    raise LimitExceeded(
+                        f"the upload is larger than {max_bytes / MB:g} MB, the most this "
+                        f"server accepts ({limit_flag}): send a shorter or smaller file")
+                out.write(request.chunk)
         if size == 0:
             raise MediaError("the upload is empty (0 bytes): send the media file's bytes in "
                              "chunk messages after the header")
@@ -149,15 +169,18 @@ def _elapsed_ms(started: float) -> float:
 class ReferenceServicer(pb_grpc.ReferenceServiceServicer):
     """Register, look up, page through and delete reference media."""
 
-    def __init__(self, catalog: Catalog, upload_dir: Path) -> None:
+    def __init__(self, catalog: Catalog, upload_dir: Path, limits: Limits = DEFAULT_LIMITS) -> None:
         self.catalog = catalog
         self.upload_dir = upload_dir
+        self.limits = limits
 
     @_rpc
     def CreateReference(self, requests: Iterator[pb.CreateReferenceRequest],
                         context: grpc.ServicerContext, fields: dict[str, Any]
                         ) -> pb.CreateReferenceResponse:
-        with received_upload(requests, self.upload_dir, fields) as upload:
+        with received_upload(requests, self.upload_dir, fields,
+                             self.limits.max_reference_bytes, "--max-reference-mb") as upload:
+            _still_wanted(context)
             header: pb.ReferenceHeader = upload.header
             ref = self.catalog.register(
                 upload.path, title=_title(header), external_id=header.external_id,
@@ -221,16 +244,20 @@ def _required_id(reference_id: str) -> str:
 class MatchServicer(pb_grpc.MatchServiceServicer):
     """Identify clips (as media or as client-computed fingerprints) against the catalogue."""
 
-    def __init__(self, catalog: Catalog, upload_dir: Path) -> None:
+    def __init__(self, catalog: Catalog, upload_dir: Path, limits: Limits = DEFAULT_LIMITS) -> None:
         self.catalog = catalog
         self.upload_dir = upload_dir
+        self.limits = limits
 
     @_rpc
     def MatchClip(self, requests: Iterator[pb.MatchClipRequest], context: grpc.ServicerContext,
                   fields: dict[str, Any]) -> pb.MatchClipResponse:
-        with received_upload(requests, self.upload_dir, fields) as upload:
+        with received_upload(requests, self.upload_dir, fields, self.limits.max_clip_bytes,
+                             "--max-clip-mb") as upload:
+            _still_wanted(context)
             # Fingerprinted here rather than in match_media so the clip's duration comes along.
-            query = fingerprint_media(upload.path)
+            query = fingerprint_media(upload.path, self.limits.max_clip_s)
+            _still_wanted(context)
             matches = self.catalog.match(query)
         return _answer(pb.MatchClipResponse, matches, upload.started, query.duration_s, fields)
 
@@ -240,6 +267,11 @@ class MatchServicer(pb_grpc.MatchServiceServicer):
                          ) -> pb.MatchFingerprintResponse:
         started = time.perf_counter()
         query = convert.query(request)
+        if query.duration_s > self.limits.max_clip_s:
+            raise LimitExceeded(
+                f"the fingerprinted clip lasts {query.duration_s:g} s, longer than "
+                f"{self.limits.max_clip_s:g} s, the longest this server matches "
+                "(--max-clip-seconds): send it in parts")
         try:
             matches = self.catalog.match(query)
         except ValueError as exc:  # e.g. a band count or frame rate this index was not built for

@@ -66,6 +66,15 @@ class ServerProcess:
         with ClipmatchClient(self.target) as client:
             assert client.health() == "SERVING"
 
+    @property
+    def pid(self) -> int:
+        assert self._process is not None
+        return self._process.pid
+
+    @property
+    def alive(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
     def stop(self) -> int:
         """SIGTERM, as a supervisor would send; returns the exit code."""
         assert self._process is not None

@@ -26,7 +26,13 @@ from fingerprint.audio import (
     peak_frames_bands,
     peaks,
 )
-from fingerprint.decode import SAMPLE_RATE, MediaError, decode_audio, decode_media
+from fingerprint.decode import (
+    SAMPLE_RATE,
+    MediaError,
+    MediaTooLong,
+    decode_audio,
+    decode_media,
+)
 from index import catalog as catalog_module
 from index import landmarks
 from index.align import Segment, peak_evidence, peak_map
@@ -568,7 +574,7 @@ def test_a_picture_held_longer_than_a_tick_fills_every_tick(tmp_path: Path) -> N
 def test_media_longer_than_the_limit_is_refused() -> None:
     """The limit bounds the memory one decoding pass holds, whatever the upload's length."""
     intro = video_fixture("intro_excerpt")
-    with pytest.raises(MediaError, match=r"runs longer than 0\.25 min"):
+    with pytest.raises(MediaTooLong, match=r"runs longer than 15 s \(0\.25 min\)"):
         decode_media(intro, max_duration_s=15.0)
     assert decode_media(intro, max_duration_s=40.0).frames is not None
 
