@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
@@ -203,6 +204,40 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_check(args: argparse.Namespace) -> int:
+    """Open the data directory as the server would (rebuilding a damaged index) and report
+    whether every reference can be matched; exit 1 if not."""
+    from index.catalog import Catalog  # the index loads only for the commands that need it
+
+    if not Path(args.data_dir, "catalog.sqlite").is_file():
+        print(f"clipmatch check: {args.data_dir} holds no catalogue (no catalog.sqlite)",
+              file=sys.stderr)
+        return 2
+    catalog = Catalog(args.data_dir)
+    try:
+        catalog.wait_for_index()
+        report = catalog.check()
+    finally:
+        catalog.close()
+    if args.json:
+        print(_json_line(report))
+    else:
+        print(f"{report['data_dir']}: {report['references']} references")
+        for name, index in report["indexes"].items():
+            rebuilt = f"; rebuilt: {index['rebuilt']}" if index["rebuilt"] else ""
+            print(f"  {name} index: {index['references']} references, {index['windows']} "
+                  f"windows in {index['segments']} sealed segments{rebuilt}")
+        for problem in report["problems"]:
+            where = problem.get("reference_id") or f"{problem.get('index')} index"
+            print(f"  problem: {where}: {problem['problem']}")
+        if report["problems"]:
+            print("  references listed with a problem cannot be matched: register their media "
+                  "again (and delete the old entry)")
+        else:
+            print("  ok: every reference can be matched")
+    return 1 if report["problems"] else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="clipmatch", description="Register reference media and identify clips of it.")
@@ -252,6 +287,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     health = commands.add_parser("health", parents=[remote], help="check the server is up")
     health.set_defaults(run=_cmd_health)
+
+    check = commands.add_parser(
+        "check", parents=[as_json],
+        help="verify a data directory (with no server running on it) and rebuild a damaged "
+             "index from the stored fingerprints")
+    check.add_argument("--data-dir", default=server_options.DEFAULT_DATA_DIR,
+                       help=f"catalogue directory (default {server_options.DEFAULT_DATA_DIR})")
     return parser
 
 
@@ -260,6 +302,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _cmd_serve(args)
+    if args.command == "check":
+        return _cmd_check(args)
     if args.command in ("register", "match"):
         args.files = expand(args.paths)
         if not args.files:

@@ -15,10 +15,12 @@ import hashlib
 import logging
 import multiprocessing
 import threading
+import zipfile
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -329,11 +331,19 @@ class _ModalIndex:
             landmarks=modality.landmarks)
 
     def _stored(self, number: int) -> tuple[np.ndarray, np.ndarray, Peaks | None] | None:
+        """What the index holds of a stored reference; None if it is gone or its fingerprint
+        file cannot be read (then it cannot be found, and ``Catalog.check`` says so: one
+        damaged file must not keep the catalogue from opening)."""
         reference = self._store.by_numbers([number]).get(number)
         if reference is None:
             return None
-        return self._indexed(self._store.fingerprints(reference.reference_id,
-                                                      self.modality.name))
+        try:
+            fingerprints = self._store.fingerprints(reference.reference_id, self.modality.name)
+        except UNREADABLE as exc:
+            log.error("the fingerprints of %s cannot be read (%s): it cannot be matched until "
+                      "registered again", reference.reference_id, exc)
+            return None
+        return self._indexed(fingerprints)
 
     def _indexed(self, fingerprints: Fingerprints
                  ) -> tuple[np.ndarray, np.ndarray, Peaks | None]:
@@ -510,6 +520,41 @@ class Catalog:
                 index.index.remove(number)
         log.info("deleted %s", reference_id)
 
+    def check(self) -> dict[str, Any]:
+        """Whether every stored reference can be matched: its fingerprint file readable, with
+        each track its record lists at this version's dimensions, and each modality's index
+        holding exactly the readable references. An index found damaged when the catalogue
+        opened has already been rebuilt from the fingerprints; ``rebuilt`` says why."""
+        problems: list[dict[str, str]] = []
+        readable: dict[str, set[int]] = {name: set() for name in self.modalities}
+        after = 0
+        while page := self._store.page(after, 1000):
+            for number, reference in page:
+                for name in reference.modalities:
+                    try:
+                        vectors = self._store.fingerprints(reference.reference_id, name).vectors
+                    except UNREADABLE as exc:
+                        problems.append({"reference_id": reference.reference_id,
+                                         "problem": f"{name} fingerprints unreadable: {exc}"})
+                        continue
+                    if vectors.ndim != 2 or vectors.shape[1] != self.modalities[name].dim:
+                        problems.append({"reference_id": reference.reference_id,
+                                         "problem": f"{name} fingerprints are {vectors.shape}"})
+                        continue
+                    readable[name].add(number)
+            after = page[-1][0]
+        indexes = {}
+        for name, modal in self._indexes.items():
+            held = modal.index.held()
+            missing, extra = readable[name] - held, held - readable[name]
+            if missing or extra:
+                problems.append({"index": name, "problem": f"{len(missing)} references not "
+                                 f"indexed, {len(extra)} indexed but not stored"})
+            indexes[name] = {"references": len(held), "windows": modal.index.ntotal,
+                             "segments": modal.index.segments, "rebuilt": modal.index.rebuilt}
+        return {"data_dir": str(self.data_dir), "references": self._store.count(),
+                "indexes": indexes, "problems": problems}
+
     # -- matching ----------------------------------------------------------------------
 
     def match_media(self, media: MediaSource) -> list[Match]:
@@ -632,6 +677,9 @@ class Catalog:
                           reference_time=reference_time.astype(np.float32),
                           similarity=similarity, time_scale=time_scale, transform=transform)
 
+
+UNREADABLE = (OSError, ValueError, KeyError, zipfile.BadZipFile)
+"""What reading a damaged or missing fingerprint file raises."""
 
 _FORMATS = f"audio:{AUDIO.format},video:{VIDEO.format}"
 """The fingerprint formats a reference registered by this version carries."""

@@ -207,6 +207,8 @@ class SegmentedIndex:
         self._work = threading.Condition()
         self._closed = False
         self._busy = False
+        self.rebuilt = ""
+        """why the index found at opening could not be used and was rebuilt ("" if it could)"""
         self._open()
         self._worker = threading.Thread(target=self._maintain, name="segments", daemon=True)
         self._worker.start()
@@ -264,10 +266,12 @@ class SegmentedIndex:
             self._sealed = tuple(sealed)
         except FileNotFoundError:
             if any(self._dir.glob("*.faiss")):
+                self.rebuilt = "index manifest missing"
                 log.warning("%s: index manifest missing; rebuilding from fingerprints",
                             self._dir.name)
             self._reset()
         except (ValueError, KeyError, TypeError, RuntimeError, OSError) as exc:
+            self.rebuilt = f"index unusable ({exc})"
             log.warning("%s index unusable (%s); rebuilding from fingerprints", self._dir.name,
                         exc)
             self._reset()
@@ -387,6 +391,12 @@ class SegmentedIndex:
             if any(number in s.numbers for s in self._sealed):
                 self._tombstones = self._tombstones | {number}
         self._wake()
+
+    def held(self) -> frozenset[int]:
+        """The references this index can find (deleted ones left out)."""
+        with self._lock.read():
+            return frozenset(set().union(*(s.numbers for s in self._sealed),
+                                         self._fresh_numbers) - self._tombstones)
 
     # -- search ------------------------------------------------------------------------
 

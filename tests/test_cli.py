@@ -179,3 +179,39 @@ def test_register_a_folder_several_files_at_once(tmp_path: Path) -> None:
         assert "no media files" in result.stderr
     finally:
         assert process.stop() == 0
+
+
+def test_check_finds_damage_rebuilds_the_index_and_names_lost_references(
+        tmp_path: Path) -> None:
+    """A damaged index file is rebuilt from the fingerprints; a lost fingerprint file is
+    named (its reference cannot be matched) without keeping the others from matching."""
+    from index.catalog import Catalog
+
+    data = tmp_path / "data"
+    catalog = Catalog(data)
+    kept = catalog.register(fixture("knolls"), title="knolls")
+    lost = catalog.register(fixture("battle"), title="battle")
+    catalog.close()
+    healthy = clipmatch("check", "--data-dir", data, "--json")
+    assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+    report = json.loads(healthy.stdout)
+    assert report["problems"] == [] and report["indexes"]["audio"]["references"] == 2
+    assert report["indexes"]["audio"]["rebuilt"] == ""
+
+    segment = sorted((data / "index" / "audio").glob("segment-*.faiss"))[0]
+    segment.write_bytes(b"not a FAISS index")
+    (data / "fingerprints" / f"{lost.reference_id}.npz").unlink()
+    damaged = clipmatch("check", "--data-dir", data, "--json")
+    assert damaged.returncode == 1
+    report = json.loads(damaged.stdout)
+    assert "unusable" in report["indexes"]["audio"]["rebuilt"]
+    assert report["indexes"]["audio"]["references"] == 1
+    assert [p["reference_id"] for p in report["problems"]] == [lost.reference_id]
+    readable = clipmatch("check", "--data-dir", data)
+    assert "register their media again" in readable.stdout and lost.reference_id in readable.stdout
+
+    catalog = Catalog(data)
+    clip = Clip("knolls", 12.0, 8.0).write(tmp_path)
+    assert [m.reference_id for m in catalog.match_media(clip)][:1] == [kept.reference_id]
+    catalog.close()
+    assert clipmatch("check", "--data-dir", tmp_path / "nowhere").returncode == 2
