@@ -18,7 +18,7 @@ PYTEST_ARGS ?=
 AUDFPRINT ?= ../audfprint
 OLAF ?= ../Olaf
 
-.PHONY: serve test lint proto fuzz bench bench-quick bench-anchors bench-anchors-quick bench-scale clean
+.PHONY: serve test lint proto fuzz crash bench bench-quick bench-anchors bench-anchors-quick bench-scale clean
 
 serve: $(INSTALLED) $(GENERATED)
 	$(VENV)/bin/clipmatch serve --data-dir $(DATA_DIR) --listen $(LISTEN)
@@ -34,6 +34,10 @@ proto: $(GENERATED)
 # Hostile input against the decoders and every RPC (tests/fuzz.py; `make test` runs 280 cases).
 fuzz: $(INSTALLED) $(GENERATED)
 	$(PY) -m tests.fuzz --cases 10000
+
+# SIGKILL during bulk ingests (tests/crash.py; `make test` runs 3 trials).
+crash: $(INSTALLED) $(GENERATED)
+	$(PY) -m tests.crash --trials 50
 
 bench: $(BENCH_INSTALLED) $(GENERATED)
 	bash benchmarks/setup.sh anchors

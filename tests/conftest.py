@@ -81,6 +81,12 @@ class ServerProcess:
         self._process.send_signal(signal.SIGTERM)
         return self._process.wait(STOP_TIMEOUT_S)
 
+    def kill(self) -> None:
+        """SIGKILL, as a power cut would end it: no clean-up runs."""
+        assert self._process is not None
+        self._process.kill()
+        self._process.wait(STOP_TIMEOUT_S)
+
     def restart(self) -> None:
         assert self.stop() == 0
         self.start()
