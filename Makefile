@@ -18,7 +18,7 @@ PYTEST_ARGS ?=
 AUDFPRINT ?= ../audfprint
 OLAF ?= ../Olaf
 
-.PHONY: serve test lint proto fuzz crash bench bench-quick bench-anchors bench-anchors-quick bench-scale clean
+.PHONY: serve test lint proto fuzz crash soak bench bench-quick bench-anchors bench-anchors-quick bench-scale clean
 
 serve: $(INSTALLED) $(GENERATED)
 	$(VENV)/bin/clipmatch serve --data-dir $(DATA_DIR) --listen $(LISTEN)
@@ -38,6 +38,10 @@ fuzz: $(INSTALLED) $(GENERATED)
 # SIGKILL during bulk ingests (tests/crash.py; `make test` runs 3 trials).
 crash: $(INSTALLED) $(GENERATED)
 	$(PY) -m tests.crash --trials 50
+
+# 32 concurrent clients registering, matching, listing and deleting (tests/soak.py).
+soak: $(INSTALLED) $(GENERATED)
+	$(PY) -m tests.soak --clients 32 --seconds 120
 
 bench: $(BENCH_INSTALLED) $(GENERATED)
 	bash benchmarks/setup.sh anchors
