@@ -200,7 +200,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     serve(args.data_dir, args.listen, args.rpc_threads,
           ingest_processes=args.ingest_processes,
-          limits=server_options.Limits.from_args(args))
+          limits=server_options.Limits.from_args(args),
+          tls=server_options.TlsFiles.from_args(args))
     return 0
 
 

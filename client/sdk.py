@@ -84,10 +84,26 @@ def _chunked(media: BinaryIO, header: Message, request_type: type[Message], chun
 class ClipmatchClient:
     """Client for a clipmatch server; use as a context manager or call close()."""
 
-    def __init__(self, target: str | None = None, chunk_bytes: int = CHUNK_BYTES) -> None:
+    def __init__(self, target: str | None = None, chunk_bytes: int = CHUNK_BYTES, *,
+                 tls_ca: str | None = None, tls_cert: str | None = None,
+                 tls_key: str | None = None) -> None:
+        """``tls_ca`` (PEM; default $CLIPMATCH_TLS_CA) speaks TLS to a server whose
+        certificate that CA signed; ``tls_cert`` and ``tls_key`` (default $CLIPMATCH_TLS_CERT,
+        $CLIPMATCH_TLS_KEY) are this client's, for a server that asks for one (mutual TLS)."""
         self.target = target or default_target()
         self.chunk_bytes = chunk_bytes
-        self._channel = grpc.insecure_channel(self.target)
+        ca = tls_ca or os.environ.get("CLIPMATCH_TLS_CA")
+        cert = tls_cert or os.environ.get("CLIPMATCH_TLS_CERT")
+        key = tls_key or os.environ.get("CLIPMATCH_TLS_KEY")
+        self._tls = bool(ca or cert or key)
+        if self._tls:
+            pem = {name: Path(path).read_bytes() if path else None
+                   for name, path in (("ca", ca), ("cert", cert), ("key", key))}
+            self._channel = grpc.secure_channel(self.target, grpc.ssl_channel_credentials(
+                root_certificates=pem["ca"], private_key=pem["key"],
+                certificate_chain=pem["cert"]))
+        else:
+            self._channel = grpc.insecure_channel(self.target)
         self._references = pb_grpc.ReferenceServiceStub(self._channel)
         self._matcher = pb_grpc.MatchServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
@@ -109,10 +125,13 @@ class ClipmatchClient:
         except grpc.RpcError as exc:
             code: grpc.StatusCode = exc.code()
             if code == grpc.StatusCode.UNAVAILABLE:
+                tls = ("or the TLS handshake failed: check CLIPMATCH_TLS_CA, _CERT and _KEY"
+                       if self._tls else "or, if it speaks TLS, set CLIPMATCH_TLS_CA (and for "
+                       "mutual TLS CLIPMATCH_TLS_CERT and CLIPMATCH_TLS_KEY)")
                 raise ClipmatchError(code.name, (
                     f"cannot reach the clipmatch server at {self.target} ({exc.details()}); "
                     "start one with `clipmatch serve` or `make serve`, or point --server / "
-                    "CLIPMATCH_SERVER at a running one")) from None
+                    f"CLIPMATCH_SERVER at a running one, {tls}")) from None
             raise ClipmatchError(code.name, exc.details() or code.name) from None
 
     def register(self, path: str | os.PathLike[str], title: str | None = None,

@@ -13,7 +13,8 @@ def main(argv: list[str] | None = None) -> None:
     options.add_arguments(parser)
     args = parser.parse_args(argv)
     serve(args.data_dir, args.listen, args.rpc_threads,
-          ingest_processes=args.ingest_processes, limits=options.Limits.from_args(args))
+          ingest_processes=args.ingest_processes, limits=options.Limits.from_args(args),
+          tls=options.TlsFiles.from_args(args))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from clipmatch.v1 import clipmatch_pb2 as pb
 from clipmatch.v1 import clipmatch_pb2_grpc as pb_grpc
 from index.catalog import Catalog
 from server import logs, options
-from server.options import DEFAULT_LIMITS, DEFAULT_LISTEN, Limits
+from server.options import DEFAULT_LIMITS, DEFAULT_LISTEN, Limits, TlsFiles
 from server.servicers import MatchServicer, ReferenceServicer
 
 SERVICE_NAMES = tuple(service.full_name for service in pb.DESCRIPTOR.services_by_name.values())
@@ -34,7 +34,8 @@ UPLOADS_DIR = "tmp"
 def build_server(catalog: Catalog, listen: str = DEFAULT_LISTEN,
                  max_workers: int = DEFAULT_WORKERS, *, upload_dir: Path | None = None,
                  health_servicer: health.HealthServicer | None = None,
-                 limits: Limits = DEFAULT_LIMITS) -> tuple[grpc.Server, int]:
+                 limits: Limits = DEFAULT_LIMITS, tls: TlsFiles | None = None
+                 ) -> tuple[grpc.Server, int]:
     """A server (not yet started) bound to ``listen``, and the port it got (``:0`` picks one).
 
     ``upload_dir`` is where uploads are spooled (the system temp dir if None); pass a
@@ -60,11 +61,25 @@ def build_server(catalog: Catalog, listen: str = DEFAULT_LISTEN,
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
 
     try:
-        port = server.add_insecure_port(listen)
+        port = (server.add_insecure_port(listen) if tls is None
+                else server.add_secure_port(listen, _credentials(tls)))
     except RuntimeError as exc:
         raise OSError(f"cannot listen on {listen}: the address is in use or not valid here"
                       ) from exc
     return server, port
+
+
+def _credentials(tls: TlsFiles) -> grpc.ServerCredentials:
+    def read(path: str, what: str) -> bytes:
+        try:
+            return Path(path).read_bytes()
+        except OSError as exc:
+            raise OSError(f"cannot read the TLS {what} {path}: {exc.strerror}") from None
+
+    client_ca = read(tls.client_ca, "client CA") if tls.client_ca else None
+    return grpc.ssl_server_credentials(
+        [(read(tls.key, "key"), read(tls.cert, "certificate"))], root_certificates=client_ca,
+        require_client_auth=client_ca is not None)
 
 
 def _spool_dir(data_dir: Path) -> Path:
@@ -78,11 +93,11 @@ def _spool_dir(data_dir: Path) -> Path:
 
 def serve(data_dir: str | Path, listen: str = DEFAULT_LISTEN,
           max_workers: int = DEFAULT_WORKERS, *, ingest_processes: int = 0,
-          limits: Limits = DEFAULT_LIMITS) -> None:
+          limits: Limits = DEFAULT_LIMITS, tls: TlsFiles | None = None) -> None:
     """Serve the catalogue in ``data_dir`` until SIGTERM or SIGINT, then shut down cleanly:
     health goes NOT_SERVING, in-flight calls get GRACE_S seconds, the catalogue is closed.
     Registrations are fingerprinted in ``ingest_processes`` processes (0: in the RPC
-    threads); ``limits`` bound what one request may ask."""
+    threads); ``limits`` bound what one request may ask; ``tls`` secures the port."""
     logs.configure()
     data_dir = Path(data_dir)
     stop = threading.Event()
@@ -104,14 +119,16 @@ def serve(data_dir: str | Path, listen: str = DEFAULT_LISTEN,
         try:
             server, port = build_server(catalog, listen, max_workers,
                                         upload_dir=_spool_dir(data_dir),
-                                        health_servicer=health_servicer, limits=limits)
+                                        health_servicer=health_servicer, limits=limits,
+                                        tls=tls)
         except OSError as exc:
             logs.event("cannot_listen", logging.ERROR, listen=listen, error=str(exc))
             raise SystemExit(1) from exc
         server.start()
         host = listen.rsplit(":", 1)[0]
         logs.event("serving", listen=f"{host}:{port}", port=port, data_dir=str(data_dir),
-                   services=list(SERVICE_NAMES), limits=asdict(limits))
+                   services=list(SERVICE_NAMES), limits=asdict(limits),
+                   tls="off" if tls is None else "mutual" if tls.client_ca else "on")
         stop.wait()
         logs.event("stopping", grace_s=GRACE_S)
         health_servicer.enter_graceful_shutdown()

@@ -39,6 +39,26 @@ class Limits:
 DEFAULT_LIMITS = Limits()
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files of the server's TLS: its certificate chain and key, and for mutual TLS the
+    certificate authority whose client certificates it accepts (every other client is
+    refused during the handshake)."""
+
+    cert: str
+    key: str
+    client_ca: str = ""
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> TlsFiles | None:
+        if not (args.tls_cert or args.tls_key or args.tls_client_ca):
+            return None
+        if not (args.tls_cert and args.tls_key):
+            raise SystemExit("TLS needs both --tls-cert and --tls-key (PEM files); "
+                             "--tls-client-ca adds mutual TLS on top of them")
+        return cls(args.tls_cert, args.tls_key, args.tls_client_ca or "")
+
+
 def whole_number(minimum: int) -> Callable[[str], int]:
     """An argparse type: a whole number of at least ``minimum``."""
 
@@ -76,3 +96,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     limits.add_argument("--max-clip-seconds", type=whole_number(1), default=DEFAULT_MAX_CLIP_S,
                         metavar="S", help="longest clip to match, sent as media or as "
                                           "fingerprints (default %(default)s)")
+    tls = parser.add_argument_group("TLS (without it the server speaks plain gRPC: keep it "
+                                    "on loopback or behind a TLS proxy)")
+    tls.add_argument("--tls-cert", metavar="PEM", help="the server's certificate chain")
+    tls.add_argument("--tls-key", metavar="PEM", help="the server's private key")
+    tls.add_argument("--tls-client-ca", metavar="PEM",
+                     help="accept only clients with a certificate from this CA (mutual TLS)")

@@ -31,9 +31,12 @@ SERVER_COMMAND = (sys.executable, "-m", "server")
 class ServerProcess:
     """One server process over ``data_dir``; start, stop and restart it like an operator."""
 
-    def __init__(self, data_dir: Path, command: Sequence[str] = SERVER_COMMAND) -> None:
+    def __init__(self, data_dir: Path, command: Sequence[str] = SERVER_COMMAND,
+                 client_options: dict[str, Any] | None = None) -> None:
+        """``client_options``: how a client must connect (TLS files) for the start check."""
         self.data_dir = data_dir
         self.command = list(command)
+        self.client_options = client_options or {}
         self.target = ""
         self.logs: list[dict[str, Any]] = []
         self._process: subprocess.Popen[str] | None = None
@@ -63,7 +66,7 @@ class ServerProcess:
             if process.poll() is not None or time.monotonic() > deadline:
                 process.kill()
                 raise RuntimeError(f"server did not start; its last output: {self.logs[-10:]}")
-        with ClipmatchClient(self.target) as client:
+        with ClipmatchClient(self.target, **self.client_options) as client:
             assert client.health() == "SERVING"
 
     @property
