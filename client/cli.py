@@ -196,12 +196,9 @@ def _cmd_health(client: ClipmatchClient, args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from server.app import serve  # the index and its dependencies load only for this command
+    from server.app import serve_options  # the index loads only for this command
 
-    serve(args.data_dir, args.listen, args.rpc_threads,
-          ingest_processes=args.ingest_processes,
-          limits=server_options.Limits.from_args(args),
-          tls=server_options.TlsFiles.from_args(args))
+    serve_options(args)
     return 0
 
 

@@ -5,16 +5,14 @@ from __future__ import annotations
 import argparse
 
 from server import options
-from server.app import serve
+from server.app import serve_options
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m server", description=__doc__)
     options.add_arguments(parser)
     args = parser.parse_args(argv)
-    serve(args.data_dir, args.listen, args.rpc_threads,
-          ingest_processes=args.ingest_processes, limits=options.Limits.from_args(args),
-          tls=options.TlsFiles.from_args(args))
+    serve_options(args)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import signal
 import tempfile
@@ -89,6 +90,14 @@ def _spool_dir(data_dir: Path) -> Path:
     for stale in spool.glob("upload-*"):
         stale.unlink(missing_ok=True)
     return spool
+
+
+def serve_options(args: argparse.Namespace) -> None:
+    """``serve`` as ``options.add_arguments`` parsed it (``python -m server``, ``clipmatch
+    serve``)."""
+    serve(args.data_dir, args.listen, args.rpc_threads,
+          ingest_processes=args.ingest_processes, limits=Limits.from_args(args),
+          tls=TlsFiles.from_args(args))
 
 
 def serve(data_dir: str | Path, listen: str = DEFAULT_LISTEN,

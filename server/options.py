@@ -72,7 +72,7 @@ def whole_number(minimum: int) -> Callable[[str], int]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add --data-dir, --listen, --rpc-threads, --ingest-processes and the limits to
+    """Add --data-dir, --listen, --rpc-threads, --ingest-processes, the limits and TLS to
     ``parser``."""
     parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
                         help=f"catalogue directory, created if absent (default {DEFAULT_DATA_DIR})")

@@ -25,24 +25,13 @@ import numpy as np
 from client.sdk import ClipmatchClient, ClipmatchError
 from index.catalog import Catalog
 from tests.conftest import ServerProcess
-from tests.media import CATALOGUE, SAMPLE_RATE, encode, excerpt, fixture, load
+from tests.media import CATALOGUE, encode, excerpt, load, pieces
 
 PIECE_S = 10.0
 KILL_DELAY_S = 0.05
 """The kill comes a random moment up to this long after a random number of acknowledged
 registrations (from none to all but one): a registration takes about a tenth of a second
 here, so the kill lands in uploads, fingerprinting and commits alike."""
-
-
-def pieces(directory: Path) -> list[Path]:
-    """Non-overlapping 10 s WAV pieces of the music fixtures (13 of them)."""
-    paths = []
-    for name in (*CATALOGUE, "wanderer_not_in_catalogue"):
-        samples = load(fixture(name))
-        for i in range(int(len(samples) / SAMPLE_RATE // PIECE_S)):
-            paths.append(encode(directory / f"{name}-{i}.wav",
-                                excerpt(samples, i * PIECE_S, PIECE_S)))
-    return paths
 
 
 def matched(client: ClipmatchClient, piece: Path, reference_id: str, directory: Path) -> bool:
@@ -106,7 +95,7 @@ def trial(seed: int, media: list[Path], directory: Path) -> dict[str, Any]:
 
 
 def run(trials: int, directory: Path) -> dict[str, Any]:
-    media = pieces(directory)
+    media = pieces(directory, (*CATALOGUE, "wanderer_not_in_catalogue"), PIECE_S, PIECE_S)
     results = []
     for seed in range(trials):
         trial_dir = directory / f"trial-{seed}"

@@ -44,6 +44,19 @@ def excerpt(samples: np.ndarray, start_s: float, duration_s: float,
     return samples[start:start + round(duration_s * sample_rate)]
 
 
+def pieces(directory: Path, names: tuple[str, ...], length_s: float, step_s: float
+           ) -> list[Path]:
+    """WAV pieces ``length_s`` long starting every ``step_s`` in each fixture of ``names``, as
+    many as fit: different bytes each (overlapping when ``step_s`` < ``length_s``)."""
+    paths = []
+    for name in names:
+        samples = load(fixture(name))
+        for start in np.arange(0.0, len(samples) / SAMPLE_RATE - length_s + 1e-6, step_s):
+            paths.append(encode(directory / f"{name}-{start:g}s.wav",
+                                excerpt(samples, float(start), length_s)))
+    return paths
+
+
 def sped_up(samples: np.ndarray, factor: float) -> np.ndarray:
     """Play ``factor`` times faster (pitch rises too, like a sped-up tape or upload)."""
     ratio = Fraction(factor).limit_denominator(100)

@@ -27,7 +27,7 @@ import numpy as np
 
 from client.sdk import ClipmatchClient, ClipmatchError
 from tests.conftest import ServerProcess
-from tests.media import CATALOGUE, SAMPLE_RATE, encode, excerpt, fixture, load
+from tests.media import CATALOGUE, encode, excerpt, fixture, load, pieces
 
 PIECE_S = 5.0
 PIECE_STEP_S = 0.5
@@ -36,13 +36,9 @@ PIECE_STEP_S = 0.5
 
 def owned_pieces(directory: Path, clients: int) -> list[list[Path]]:
     """The pieces of the non-catalogue fixtures, dealt out to ``clients``."""
-    pieces = []
-    for name in ("wanderer_not_in_catalogue", "speech_not_in_catalogue"):
-        samples = load(fixture(name))
-        starts = np.arange(0.0, len(samples) / SAMPLE_RATE - PIECE_S + 1e-6, PIECE_STEP_S)
-        pieces += [encode(directory / f"{name}-{start:g}.wav",
-                          excerpt(samples, float(start), PIECE_S)) for start in starts]
-    return [pieces[i::clients] for i in range(clients)]
+    found = pieces(directory, ("wanderer_not_in_catalogue", "speech_not_in_catalogue"),
+                   PIECE_S, PIECE_STEP_S)
+    return [found[i::clients] for i in range(clients)]
 
 
 def probes(directory: Path) -> list[tuple[str, float, Path]]:
