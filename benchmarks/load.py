@@ -137,8 +137,8 @@ def main(argv: list[str] | None = None) -> None:
         extra = ("--rpc-threads", str(args.rpc_threads)) if args.rpc_threads else ()
         with grid.serving(data_dir, *extra) as (target, admin_token):
             with ClipmatchClient(target, token=admin_token) as admin:
-                crawlers = [admin.create_token(DEFAULT_TENANT, CRAWLER, f"load client {i}")[
-                    "token"] for i in range(max(CLIENTS))]
+                crawlers = [admin.create_token(DEFAULT_TENANT, CRAWLER, f"load client {i}")["token"]
+                            for i in range(max(CLIENTS))]
             for clients in CLIENTS:
                 rows.append(level(target, admin_token, crawlers, clients, queries, refs, others,
                                   LEVEL_S[args.quick]))

@@ -194,17 +194,17 @@ class Access:
             raise ValueError(f"label is {len(label)} characters long, at most {MAX_LABEL} "
                              "are kept")
         token = new_token()
-        return token, self._store(*_parse(token), tenant, role, label)
+        return token, self._insert(*_parse(token), tenant, role, label)
 
-    def _store(self, token_id: str, secret: str, tenant: str, role: str, label: str
-               ) -> TokenInfo:
-        info = TokenInfo(token_id, tenant, role, label, time.time())
+    def _insert(self, token_id: str, secret: str, tenant: str, role: str, label: str
+                ) -> TokenInfo:
+        info, digest = TokenInfo(token_id, tenant, role, label, time.time()), _digest(secret)
         with self._lock:
             self._db.execute(
                 "INSERT INTO token (token_id, secret_sha256, tenant, role, label, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (token_id, _digest(secret), tenant, role, label, info.created_at))
-            self._tokens[token_id] = (_digest(secret), info)
+                " VALUES (?, ?, ?, ?, ?, ?)", (token_id, digest, tenant, role, label,
+                                               info.created_at))
+            self._tokens[token_id] = (digest, info)
         return info
 
     def adopt(self, token: str, tenant: str, role: str, label: str) -> bool:
@@ -213,7 +213,7 @@ class Access:
         parsed = _parse(token)
         if parsed is None or parsed[0] in self._tokens:
             return False
-        self._store(*parsed, tenant, role, label)
+        self._insert(*parsed, tenant, role, label)
         return True
 
     def authenticate(self, token: str) -> Principal | None:

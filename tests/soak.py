@@ -131,8 +131,8 @@ def run(clients: int, seconds: float, directory: Path) -> dict[str, Any]:
         with server.client() as admin:
             catalogue = {f"{name}.ogg": admin.register(fixture(name))["reference_id"]
                          for name in CATALOGUE}
-            tokens = [admin.create_token(DEFAULT_TENANT, RIGHTS_HOLDER, f"soak client {i}")[
-                "token"] for i in range(clients)]
+            tokens = [admin.create_token(DEFAULT_TENANT, RIGHTS_HOLDER, f"soak client {i}")["token"]
+                      for i in range(clients)]
         dealt, probe_set = owned_pieces(directory, clients), probes(directory)
         stop_at = time.monotonic() + seconds
         threads = [Client(server, tokens[i], i, dealt[i], probe_set, catalogue, stop_at)

@@ -48,8 +48,8 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]
 def tokens(guarded: ServerProcess) -> dict[str, str]:
     """Tokens by name: "admin", "<role>_<tenant>" for tenants a and b, and bad ones."""
     with guarded.client() as admin:
-        made = {f"{role}_{tenant}": admin.create_token(tenant, role, f"{role} of {tenant}")[
-            "token"] for tenant in ("a", "b") for role in (RIGHTS_HOLDER, CRAWLER)}
+        made = {f"{role}_{tenant}": admin.create_token(tenant, role)["token"]
+                for tenant in ("a", "b") for role in (RIGHTS_HOLDER, CRAWLER)}
         revoked = admin.create_token("a", RIGHTS_HOLDER, "revoked at once")
         admin.revoke_token(revoked["info"]["token_id"])
     last = guarded.admin_token[-1]
