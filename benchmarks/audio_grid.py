@@ -215,10 +215,12 @@ class ServerDidNotStart(RuntimeError):
 
 
 @contextlib.contextmanager
-def serving(data_dir: Path, *extra_args: str) -> Iterator[str]:
-    """Run ``python -m server`` on the data dir until the block ends; yields its target once
-    its health check says SERVING."""
+def serving(data_dir: Path, *extra_args: str) -> Iterator[tuple[str, str]]:
+    """Run ``python -m server`` on the data dir until the block ends; yields its target and
+    the admin token its first start left in the data dir, once its health check says
+    SERVING."""
     from client.sdk import ClipmatchClient, ClipmatchError
+    from server.access import ADMIN_TOKEN_FILE
 
     target = f"127.0.0.1:{free_port()}"
     log_path = data_dir.parent / "server.log"
@@ -237,7 +239,7 @@ def serving(data_dir: Path, *extra_args: str) -> Iterator[str]:
                     lines = log_path.read_text(errors="replace").strip().splitlines() or ["-"]
                     raise ServerDidNotStart(lines[-1][:300])
                 time.sleep(0.2)
-        yield target
+        yield target, (data_dir / ADMIN_TOKEN_FILE).read_text().strip()
     finally:
         server.terminate()
         server.wait(timeout=60)
@@ -252,7 +254,8 @@ def grpc_latency(data_dir: Path, clips: list[clipsets.Clip]) -> dict[str, Any]:
     from client.sdk import ClipmatchClient
 
     try:
-        with serving(data_dir) as target, ClipmatchClient(target) as client:
+        with serving(data_dir) as (target, token), ClipmatchClient(target,
+                                                                   token=token) as client:
             for clip in clips[:WARMUP_CLIPS]:
                 client.match(clip.path)
             wall_ms, server_ms = [], []

@@ -7,7 +7,9 @@ clips as bytes (``MatchClip``: decoding on the server, as a crawler's upload) on
 another for a fixed time; one more thread registers corpus tracks that are not in the
 catalogue and deletes each again, one after another, for the same time. The load generator
 runs on the same machine as the server, so its own CPU (reading files, protobuf) is part of
-what the cores are shared with.
+what the cores are shared with. Each matching client is a crawler with a token of its own
+(the server's per-token rate limit is per crawler); the registering thread uses the admin
+token.
 """
 
 from __future__ import annotations
@@ -32,9 +34,11 @@ LEVEL_S = {False: 30.0, True: 8.0}
 CLIP_LENGTH_S = 10.0
 
 
-def level(target: str, clients: int, clips: list[Any], refs: dict[str, str],
-          registrations: list[Path], seconds: float) -> dict[str, Any]:
-    """``clients`` threads matching clips and one registering, for ``seconds``."""
+def level(target: str, admin_token: str, crawler_tokens: list[str], clients: int,
+          clips: list[Any], refs: dict[str, str], registrations: list[Path], seconds: float
+          ) -> dict[str, Any]:
+    """``clients`` threads matching clips (with a crawler token each) and one registering
+    (with the admin token), for ``seconds``."""
     from client.sdk import ClipmatchClient, ClipmatchError
 
     stop = time.monotonic() + seconds
@@ -44,9 +48,9 @@ def level(target: str, clients: int, clips: list[Any], refs: dict[str, str],
     right = answered = 0
     errors: dict[str, int] = {}
 
-    def matcher() -> None:
+    def matcher(token: str) -> None:
         nonlocal right, answered
-        with ClipmatchClient(target) as client:
+        with ClipmatchClient(target, token=token) as client:
             while time.monotonic() < stop:
                 clip = clips[next(order) % len(clips)]
                 start = time.perf_counter()
@@ -67,7 +71,7 @@ def level(target: str, clients: int, clips: list[Any], refs: dict[str, str],
 
     def registrar() -> None:
         """Register each track, then delete it again (so the next level can register it)."""
-        with ClipmatchClient(target) as client:
+        with ClipmatchClient(target, token=admin_token) as client:
             for path in itertools.cycle(registrations):
                 if time.monotonic() >= stop:
                     return
@@ -82,7 +86,8 @@ def level(target: str, clients: int, clips: list[Any], refs: dict[str, str],
 
     began = time.monotonic()
     with ThreadPoolExecutor(clients + 1) as pool:
-        futures = [pool.submit(matcher) for _ in range(clients)] + [pool.submit(registrar)]
+        futures = [pool.submit(matcher, crawler_tokens[i]) for i in range(clients)] + [
+            pool.submit(registrar)]
         for future in futures:
             future.result()
     wall = time.monotonic() - began
@@ -113,7 +118,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="the server's --rpc-threads (default: the server's default)")
     parser.add_argument("--write-md", action="store_true", help="regenerate BENCHMARKS.md")
     args = parser.parse_args(argv)
+    from client.sdk import ClipmatchClient
     from index.catalog import Catalog
+    from server.access import CRAWLER, DEFAULT_TENANT
 
     tracks, catalogue, clips = grid.planned("eval", False)
     catalogue = [t for t in catalogue if readable(t.file)]
@@ -128,9 +135,13 @@ def main(argv: list[str] | None = None) -> None:
         catalog.close()
         rows = []
         extra = ("--rpc-threads", str(args.rpc_threads)) if args.rpc_threads else ()
-        with grid.serving(data_dir, *extra) as target:
+        with grid.serving(data_dir, *extra) as (target, admin_token):
+            with ClipmatchClient(target, token=admin_token) as admin:
+                crawlers = [admin.create_token(DEFAULT_TENANT, CRAWLER, f"load client {i}")["token"]
+                            for i in range(max(CLIENTS))]
             for clients in CLIENTS:
-                rows.append(level(target, clients, queries, refs, others, LEVEL_S[args.quick]))
+                rows.append(level(target, admin_token, crawlers, clients, queries, refs, others,
+                                  LEVEL_S[args.quick]))
                 print(rows[-1], file=sys.stderr)
     results = {**grid.run_stamp("benchmarks.load", argv, args.quick), "clips": len(queries),
                "catalogue_tracks": len(catalogue), "rows": rows}

@@ -1,7 +1,9 @@
-"""The `clipmatch` command: run the server, or register, match, list, get and delete references.
+"""The `clipmatch` command: run the server, register, match, list, get and delete references,
+manage API tokens and read the audit log.
 
 Readable text by default; with --json, one JSON object per line on stdout, errors included,
-so a crawler can pipe the output straight into a log or a queue.
+so a crawler can pipe the output straight into a log or a queue. Calls carry the API token
+in $CLIPMATCH_TOKEN.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from server import options as server_options
 
 FileAction = Callable[[ClipmatchClient, str], dict[str, Any]]
 DEFAULT_JOBS = 4
+FAILS_EVERY_FILE = frozenset({"UNAVAILABLE", "UNAUTHENTICATED", "PERMISSION_DENIED"})
+"""Errors that say nothing about the file: an unreachable server, a token missing, bad or
+not allowed this call."""
 
 
 def _rounded(value: Any, digits: int = 3) -> Any:
@@ -85,7 +90,8 @@ def _for_each_file(client: ClipmatchClient, paths: Sequence[str], action: FileAc
     match) for each, in the order given.
 
     A failing file is reported and the rest still run; the exit code is 1 if any failed.
-    An unreachable server stops the run, since every other file would fail the same way.
+    An unreachable server or a refused token stops the run, since every other file would
+    fail the same way.
     """
     failed = False
     show_progress = len(paths) > 1 and sys.stderr.isatty()
@@ -98,7 +104,7 @@ def _for_each_file(client: ClipmatchClient, paths: Sequence[str], action: FileAc
                 result = future.result()
             except ClipmatchError as error:
                 _report_error(error, as_json, path)
-                if error.code == "UNAVAILABLE":
+                if error.code in FAILS_EVERY_FILE:
                     for pending in futures:
                         pending.cancel()
                     return 1
@@ -141,16 +147,20 @@ def _render_matches(path: str, result: dict[str, Any]) -> str:
         for m in result["matches"])
 
 
+def _when(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 def _render_reference(ref: dict[str, Any]) -> str:
-    created = datetime.fromtimestamp(ref["created_at"], UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     rows = {
         "reference_id": ref["reference_id"],
+        "tenant": ref["tenant"],
         "title": ref["title"],
         "external_id": ref["external_id"],
         "metadata": ", ".join(f"{k}={v}" for k, v in sorted(ref["metadata"].items())),
         "duration": f'{ref["duration_s"]:.1f} s',
         "modalities": ", ".join(ref["modalities"]),
-        "created": created,
+        "created": _when(ref["created_at"]),
         "content_sha256": ref["content_sha256"],
     }
     return "\n".join(f"{key:<15} {value}" for key, value in rows.items())
@@ -172,7 +182,8 @@ def _cmd_list(client: ClipmatchClient, args: argparse.Namespace) -> int:
             print(_json_line(ref))
         return 0
     for ref in references:
-        print(f'{ref["reference_id"]}  {ref["duration_s"]:8.1f} s  {ref["title"]}')
+        print(f'{ref["reference_id"]}  {ref["duration_s"]:8.1f} s  {ref["tenant"]:<16}  '
+              f'{ref["title"]}')
     print(f"{len(references)} reference{'' if len(references) == 1 else 's'}")
     return 0
 
@@ -186,6 +197,66 @@ def _cmd_get(client: ClipmatchClient, args: argparse.Namespace) -> int:
 def _cmd_delete(client: ClipmatchClient, args: argparse.Namespace) -> int:
     client.delete(args.reference_id)
     print(f"deleted {args.reference_id}")
+    return 0
+
+
+def _render_token(info: dict[str, Any]) -> str:
+    state = f'revoked {_when(info["revoked_at"])}' if info["revoked_at"] else "valid"
+    label = f'  "{info["label"]}"' if info["label"] else ""
+    return (f'cm_{info["token_id"]}  {info["role"]:<13}  {info["tenant"]:<16}  '
+            f'created {_when(info["created_at"])}  {state}{label}')
+
+
+def _cmd_token_create(client: ClipmatchClient, args: argparse.Namespace) -> int:
+    created = client.create_token(args.tenant, args.role, args.label)
+    if args.json:
+        print(_json_line(created))
+        return 0
+    print(created["token"])
+    print(f'(a {args.role} token of tenant {args.tenant}, id cm_{created["info"]["token_id"]}; '
+          "shown only now: the server keeps only a hash. Its holder sets CLIPMATCH_TOKEN to "
+          "it.)", file=sys.stderr)
+    return 0
+
+
+def _cmd_token_list(client: ClipmatchClient, args: argparse.Namespace) -> int:
+    for info in client.list_tokens(args.tenant):
+        print(_json_line(info) if args.json else _render_token(info))
+    return 0
+
+
+def _cmd_token_revoke(client: ClipmatchClient, args: argparse.Namespace) -> int:
+    info = client.revoke_token(args.token_id)
+    print(_json_line(info) if args.json else f"revoked {_render_token(info)}")
+    return 0
+
+
+def _instant(text: str) -> float:
+    """An argparse type: seconds since the Unix epoch, or an ISO 8601 date or time (UTC
+    unless it says otherwise)."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an ISO 8601 date or time (2026-12-02, 2026-12-02T14:30) or seconds "
+            f"since the Unix epoch, got {text!r}") from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def _render_audit(entry: dict[str, Any]) -> str:
+    reference = f' {entry["reference_id"]}' if entry["reference_id"] else ""
+    detail = json.dumps(_rounded(entry["detail"]), ensure_ascii=False)
+    return (f'{_when(entry["at"])}  {entry["tenant"]:<16}  {entry["action"]:<12}  '
+            f'by cm_{entry["token_id"]} ({entry["role"]}){reference}  {detail}')
+
+
+def _cmd_audit(client: ClipmatchClient, args: argparse.Namespace) -> int:
+    for entry in client.audit_all(args.tenant, args.action, args.since, args.until):
+        print(_json_line(entry) if args.json else _render_audit(entry))
     return 0
 
 
@@ -285,6 +356,42 @@ def build_parser() -> argparse.ArgumentParser:
 
     health = commands.add_parser("health", parents=[remote], help="check the server is up")
     health.set_defaults(run=_cmd_health)
+
+    token = commands.add_parser("token", help="issue, list and revoke API tokens (admin)")
+    token_commands = token.add_subparsers(dest="token_command", required=True,
+                                          metavar="ACTION")
+    create = token_commands.add_parser(
+        "create", parents=[remote, as_json],
+        help="issue a token; it is printed once (the server keeps only a hash)")
+    create.add_argument("--tenant", required=True,
+                        help="whose references it manages or matches against")
+    create.add_argument("--role", required=True,
+                        help="admin (everything, every tenant), rights_holder (register, list, "
+                             "delete and match its tenant's references) or crawler (match "
+                             "against its tenant's references)")
+    create.add_argument("--label", default="", help="who or what it is for")
+    create.set_defaults(run=_cmd_token_create)
+    tokens = token_commands.add_parser("list", parents=[remote, as_json],
+                                       help="every token (never their secrets)")
+    tokens.add_argument("--tenant", default="", help="only this tenant's")
+    tokens.set_defaults(run=_cmd_token_list)
+    revoke = token_commands.add_parser("revoke", parents=[remote, as_json],
+                                       help="revoke a token for good")
+    revoke.add_argument("token_id", metavar="ID", help="the token's id, as `token list` shows")
+    revoke.set_defaults(run=_cmd_token_revoke)
+
+    audit = commands.add_parser("audit", parents=[remote, as_json],
+                                help="registrations, deletions, matches and token changes, "
+                                     "oldest first (admin)")
+    audit.add_argument("--tenant", default="", help="only this tenant's")
+    audit.add_argument("--action", default="",
+                       help="only this action: register, delete, match, token_create or "
+                            "token_revoke")
+    audit.add_argument("--since", type=_instant, default=0.0, metavar="WHEN",
+                       help="from this moment: ISO 8601 (UTC unless it says) or Unix seconds")
+    audit.add_argument("--until", type=_instant, default=0.0, metavar="WHEN",
+                       help="before this moment")
+    audit.set_defaults(run=_cmd_audit)
 
     check = commands.add_parser(
         "check", parents=[as_json],

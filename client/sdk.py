@@ -1,11 +1,14 @@
 """ClipmatchClient: a small Python SDK over the clipmatch.v1 gRPC API that speaks plain dicts.
 
 Files are streamed in CHUNK_BYTES pieces, so any size works without loading it in memory.
-Every failure surfaces as ClipmatchError with the gRPC status name and the server's message.
+Every call carries the client's API token ($CLIPMATCH_TOKEN unless given). Every failure
+surfaces as ClipmatchError with the gRPC status name and the server's message.
 """
 
 from __future__ import annotations
 
+import collections
+import json
 import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -45,6 +48,39 @@ def default_target() -> str:
     return os.environ.get("CLIPMATCH_SERVER") or DEFAULT_SERVER
 
 
+class _CallDetails(collections.namedtuple("_CallDetails", (
+        "method", "timeout", "metadata", "credentials", "wait_for_ready", "compression")),
+                   grpc.ClientCallDetails):
+    """A call's details with other metadata (gRPC's own type has no constructor)."""
+
+
+class BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.StreamUnaryClientInterceptor):
+    """Sends ``authorization: Bearer <token>`` with every unary and client-streaming call
+    (every clipmatch call; health checks need none, and reflection streams both ways)."""
+
+    def __init__(self, token: str) -> None:
+        self._header = ("authorization", f"Bearer {token}")
+
+    def _with_token(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        return _CallDetails(details.method, details.timeout,
+                            [*(details.metadata or ()), self._header], details.credentials,
+                            details.wait_for_ready, details.compression)
+
+    def intercept_unary_unary(self, continuation: Callable[..., Any],
+                              details: grpc.ClientCallDetails, request: Any) -> Any:
+        return continuation(self._with_token(details), request)
+
+    def intercept_stream_unary(self, continuation: Callable[..., Any],
+                               details: grpc.ClientCallDetails, requests: Iterator[Any]
+                               ) -> Any:
+        return continuation(self._with_token(details), requests)
+
+
+def with_token(channel: grpc.Channel, token: str) -> grpc.Channel:
+    """``channel``, sending ``token`` with every call."""
+    return grpc.intercept_channel(channel, BearerToken(token))
+
+
 def modality_name(value: int) -> str:
     """MODALITY_AUDIO_VIDEO -> "audio+video", the library's spelling."""
     return pb.Modality.Name(value).removeprefix("MODALITY_").lower().replace("_", "+")
@@ -61,6 +97,8 @@ def message_dict(message: Message) -> dict[str, Any]:
             value = [modality_name(m) for m in value]
         elif field.name == "metadata":
             value = dict(value)
+        elif field.name == "detail":  # an audit entry's, a JSON object
+            value = json.loads(value or "{}")
         out[field.name] = value
     return out
 
@@ -85,13 +123,15 @@ class ClipmatchClient:
     """Client for a clipmatch server; use as a context manager or call close()."""
 
     def __init__(self, target: str | None = None, chunk_bytes: int = CHUNK_BYTES, *,
-                 tls_ca: str | None = None, tls_cert: str | None = None,
-                 tls_key: str | None = None) -> None:
-        """``tls_ca`` (PEM; default $CLIPMATCH_TLS_CA) speaks TLS to a server whose
+                 token: str | None = None, tls_ca: str | None = None,
+                 tls_cert: str | None = None, tls_key: str | None = None) -> None:
+        """``token`` (default $CLIPMATCH_TOKEN) is the API token sent with every call.
+        ``tls_ca`` (PEM; default $CLIPMATCH_TLS_CA) speaks TLS to a server whose
         certificate that CA signed; ``tls_cert`` and ``tls_key`` (default $CLIPMATCH_TLS_CERT,
         $CLIPMATCH_TLS_KEY) are this client's, for a server that asks for one (mutual TLS)."""
         self.target = target or default_target()
         self.chunk_bytes = chunk_bytes
+        token = (token or os.environ.get("CLIPMATCH_TOKEN") or "").strip()
         ca = tls_ca or os.environ.get("CLIPMATCH_TLS_CA")
         cert = tls_cert or os.environ.get("CLIPMATCH_TLS_CERT")
         key = tls_key or os.environ.get("CLIPMATCH_TLS_KEY")
@@ -104,8 +144,10 @@ class ClipmatchClient:
                 certificate_chain=pem["cert"]))
         else:
             self._channel = grpc.insecure_channel(self.target)
-        self._references = pb_grpc.ReferenceServiceStub(self._channel)
-        self._matcher = pb_grpc.MatchServiceStub(self._channel)
+        calls = with_token(self._channel, token) if token else self._channel
+        self._references = pb_grpc.ReferenceServiceStub(calls)
+        self._matcher = pb_grpc.MatchServiceStub(calls)
+        self._admin = pb_grpc.AdminServiceStub(calls)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     def __enter__(self) -> ClipmatchClient:
@@ -193,23 +235,61 @@ class ClipmatchClient:
 
     def list_all(self, page_size: int = 0) -> list[dict[str, Any]]:
         """Every reference, following next_page_token to the end."""
-        references: list[dict[str, Any]] = []
-        token = ""
-        while True:
-            page = self.list(page_size=page_size, page_token=token)
-            references.extend(page["references"])
-            token = page["next_page_token"]
-            if not token:
-                return references
+        return _every_page(lambda token: self.list(page_size, token), "references")
 
     def delete(self, reference_id: str) -> None:
         self._call(self._references.DeleteReference,
                    pb.DeleteReferenceRequest(reference_id=reference_id))
 
+    def create_token(self, tenant: str, role: str, label: str = "") -> dict[str, Any]:
+        """Issue an API token (admin only): {"token": "cm_...", "info": {...}}. The token is
+        shown only in this answer."""
+        response = self._call(self._admin.CreateToken,
+                              pb.CreateTokenRequest(tenant=tenant, role=role, label=label))
+        return {"token": response.token, "info": message_dict(response.info)}
+
+    def list_tokens(self, tenant: str = "") -> list[dict[str, Any]]:
+        """Every token (of ``tenant``, if given), never their secrets (admin only)."""
+        response = self._call(self._admin.ListTokens, pb.ListTokensRequest(tenant=tenant))
+        return [message_dict(token) for token in response.tokens]
+
+    def revoke_token(self, token_id: str) -> dict[str, Any]:
+        """Revoke a token for good (admin only); returns its record."""
+        response = self._call(self._admin.RevokeToken, pb.RevokeTokenRequest(token_id=token_id))
+        return message_dict(response.token)
+
+    def audit(self, tenant: str = "", action: str = "", since: float = 0.0, until: float = 0.0,
+              page_size: int = 0, page_token: str = "") -> dict[str, Any]:
+        """One page of the audit log, oldest first (admin only): {"entries": [...],
+        "next_page_token"}. Empty or 0 filters match everything; since <= at < until."""
+        response = self._call(self._admin.QueryAudit, pb.QueryAuditRequest(
+            tenant=tenant, action=action, since=since, until=until, page_size=page_size,
+            page_token=page_token))
+        return {"entries": [message_dict(e) for e in response.entries],
+                "next_page_token": response.next_page_token}
+
+    def audit_all(self, tenant: str = "", action: str = "", since: float = 0.0,
+                  until: float = 0.0) -> list[dict[str, Any]]:
+        """Every audit entry the filters match, following next_page_token to the end."""
+        return _every_page(lambda token: self.audit(tenant, action, since, until,
+                                                    page_token=token), "entries")
+
     def health(self, service: str = "") -> str:
         """Serving status of ``service`` ("" = the whole server), e.g. "SERVING"."""
         response = self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service))
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+
+def _every_page(fetch: Callable[[str], dict[str, Any]], key: str) -> list[dict[str, Any]]:
+    """The ``key`` items of every page ``fetch(page_token)`` returns, to the last."""
+    items: list[dict[str, Any]] = []
+    token = ""
+    while True:
+        page = fetch(token)
+        items.extend(page[key])
+        token = page["next_page_token"]
+        if not token:
+            return items
 
 
 def _match_result(response: pb.MatchClipResponse | pb.MatchFingerprintResponse

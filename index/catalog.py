@@ -39,10 +39,17 @@ from fingerprint.decode import (
 from fingerprint.video import VideoFrames
 from index import align, landmarks
 from index.segments import Layout, Peaks, SegmentedIndex
-from index.store import DuplicateError, Fingerprints, NotFoundError, Reference, Store
+from index.store import (
+    DEFAULT_TENANT,
+    DuplicateError,
+    Fingerprints,
+    NotFoundError,
+    Reference,
+    Store,
+)
 
-__all__ = ["Catalog", "DuplicateError", "Match", "MatchParams", "MediaError", "NotFoundError",
-           "Query", "Reference", "fingerprint_media", "fingerprint_reference"]
+__all__ = ["DEFAULT_TENANT", "Catalog", "DuplicateError", "Match", "MatchParams", "MediaError",
+           "NotFoundError", "Query", "Reference", "fingerprint_media", "fingerprint_reference"]
 
 log = logging.getLogger("clipmatch.catalog")
 
@@ -359,8 +366,42 @@ class _ModalIndex:
         return np.round(np.asarray(times) / self.modality.hop_s).astype(np.int64)
 
 
+class _Owners:
+    """Each reference number's tenant, as a small code in an array indexed by number: the
+    match path filters the reference numbers of its FAISS and landmark hits with one
+    vectorised lookup, not a query per hit."""
+
+    def __init__(self, tenants: dict[int, str]) -> None:
+        self._codes: dict[str, int] = {}
+        self._of = np.full(max(tenants, default=0) + 1, -1, np.int32)
+        for number, tenant in tenants.items():
+            self.set(number, tenant)
+
+    def set(self, number: int, tenant: str) -> None:
+        """Note a new reference's tenant, before the index can return its number (under the
+        catalogue's write lock; searches read the array as it is, lock-free)."""
+        code = self._codes.setdefault(tenant, len(self._codes))
+        if number >= len(self._of):
+            grown = np.full(max(2 * len(self._of), number + 1), -1, np.int32)
+            grown[:len(self._of)] = self._of
+            self._of = grown
+        self._of[number] = code
+
+    def owned(self, numbers: np.ndarray, tenant: str) -> np.ndarray:
+        """Which of ``numbers`` (-1 for no hit) are references of ``tenant``."""
+        code, of = self._codes.get(tenant), self._of
+        if code is None:
+            return np.zeros(numbers.shape, dtype=bool)
+        known = (numbers >= 0) & (numbers < len(of))
+        return known & (of[np.where(known, numbers, 0)] == code)
+
+
 class Catalog:
-    """Register, list, delete and match references in one data directory. Thread-safe."""
+    """Register, list, delete and match references in one data directory. Thread-safe.
+
+    Every reference belongs to a tenant. Calls that take ``tenant=None`` act on every
+    tenant's references; given a tenant, they see only its own, and another tenant's
+    reference is not found, exactly as an unknown id is."""
 
     def __init__(self, data_dir: str | Path, *, ingest_processes: int = 0) -> None:
         """``ingest_processes``: how many processes fingerprint registrations in parallel
@@ -385,6 +426,7 @@ class Catalog:
         for old in [*index_dir.glob("*.faiss"), *index_dir.glob("*.json")]:
             old.unlink()  # a single-file index of an earlier version
         self._write_lock = threading.Lock()
+        self._owners = _Owners(self._store.tenants())
         self._indexes = {name: _ModalIndex(m, self._store, index_dir)
                          for name, m in self.modalities.items()}
 
@@ -420,28 +462,34 @@ class Catalog:
     # -- references --------------------------------------------------------------------
 
     def register(self, media: MediaSource, *, title: str, external_id: str = "",
-                 metadata: dict[str, str] | None = None) -> Reference:
+                 metadata: dict[str, str] | None = None, tenant: str = DEFAULT_TENANT
+                 ) -> Reference:
         """Fingerprint ``media`` (a path or bytes: audio, video or both) and add it to the
-        catalogue."""
+        catalogue as ``tenant``'s. The same bytes twice in one tenant are a DuplicateError;
+        two tenants may each register them."""
         if not title.strip():
             raise ValueError("title must not be empty")
         content_sha256 = _sha256(media)
-        existing = self._store.find_sha256(content_sha256)
+        existing = self._store.find_sha256(content_sha256, tenant)
         if existing:
             raise DuplicateError(existing)
         duration_s, fingerprints = self._fingerprint_reference(media)
         return self.register_fingerprints(fingerprints, title=title, duration_s=duration_s,
                                           content_sha256=content_sha256,
-                                          external_id=external_id, metadata=metadata)
+                                          external_id=external_id, metadata=metadata,
+                                          tenant=tenant)
 
     def register_fingerprints(self, fingerprints: dict[str, Fingerprints], *, title: str,
                               duration_s: float, content_sha256: str, external_id: str = "",
-                              metadata: dict[str, str] | None = None) -> Reference:
-        """Add a reference from fingerprints computed elsewhere by ``fingerprint_reference``
-        (on a rights holder's own machines, or a benchmark's distractors); the media is
-        known by its ``content_sha256``."""
+                              metadata: dict[str, str] | None = None,
+                              tenant: str = DEFAULT_TENANT) -> Reference:
+        """Add a reference of ``tenant`` from fingerprints computed elsewhere by
+        ``fingerprint_reference`` (on a rights holder's own machines, or a benchmark's
+        distractors); the media is known by its ``content_sha256``."""
         if not title.strip():
             raise ValueError("title must not be empty")
+        if not tenant:
+            raise ValueError("tenant must not be empty")
         if len(content_sha256) != 64 or set(content_sha256) - set("0123456789abcdef"):
             raise ValueError("content_sha256 must be 64 lower-case hex digits")
         if not duration_s > 0:
@@ -463,7 +511,8 @@ class Catalog:
             number, reference = self._store.add(
                 title=title, external_id=external_id, metadata=metadata or {},
                 duration_s=duration_s, content_sha256=content_sha256,
-                fingerprint_format=_FORMATS, fingerprints=fingerprints)
+                fingerprint_format=_FORMATS, fingerprints=fingerprints, tenant=tenant)
+            self._owners.set(number, tenant)
             for name, fp in fingerprints.items():
                 self._indexes[name].add(number, fp)
         log.info("registered %s %r (%.1f s, %s)", reference.reference_id, title,
@@ -494,12 +543,13 @@ class Catalog:
             raise RuntimeError("the fingerprinting process died (out of memory?) while "
                                "reading this media; nothing was stored") from exc
 
-    def get(self, reference_id: str) -> Reference:
-        return self._store.get(reference_id)[1]
+    def get(self, reference_id: str, tenant: str | None = None) -> Reference:
+        return self._store.get(reference_id, tenant)[1]
 
-    def list(self, page_size: int = 100, page_token: str = "") -> tuple[list[Reference], str, int]:
-        """A page of references in registration order, the next page's token ("" at the end)
-        and the total count."""
+    def list(self, page_size: int = 100, page_token: str = "", tenant: str | None = None
+             ) -> tuple[list[Reference], str, int]:
+        """A page of references (``tenant``'s, or everyone's) in registration order, the next
+        page's token ("" at the end) and the total count (of the same references)."""
         if not 1 <= page_size <= 1000:
             raise ValueError(f"page_size must be in 1..1000, got {page_size}")
         after = 0
@@ -507,18 +557,20 @@ class Catalog:
             if not page_token.isdigit():
                 raise ValueError(f"page_token {page_token!r} is not one this server issued")
             after = int(page_token)
-        rows = self._store.page(after, page_size + 1)
+        rows = self._store.page(after, page_size + 1, tenant)
         more = len(rows) > page_size
         rows = rows[:page_size]
         next_token = str(rows[-1][0]) if more and rows else ""
-        return [reference for _, reference in rows], next_token, self._store.count()
+        return [reference for _, reference in rows], next_token, self._store.count(tenant)
 
-    def delete(self, reference_id: str) -> None:
+    def delete(self, reference_id: str, tenant: str | None = None) -> Reference:
+        """Remove a reference (of ``tenant``, if given); returns what it was."""
         with self._write_lock:
-            number = self._store.delete(reference_id)
+            number, reference = self._store.delete(reference_id, tenant)
             for index in self._indexes.values():
                 index.index.remove(number)
         log.info("deleted %s", reference_id)
+        return reference
 
     def check(self) -> dict[str, Any]:
         """Whether every stored reference can be matched: its fingerprint file readable, with
@@ -557,13 +609,16 @@ class Catalog:
 
     # -- matching ----------------------------------------------------------------------
 
-    def match_media(self, media: MediaSource) -> list[Match]:
+    def match_media(self, media: MediaSource, tenant: str | None = None) -> list[Match]:
         """Identify a clip (path or bytes, audio and/or video). Nothing identifiable gives []."""
-        return self.match(fingerprint_media(media))
+        return self.match(fingerprint_media(media), tenant)
 
-    def match(self, query: Query) -> list[Match]:
+    def match(self, query: Query, tenant: str | None = None) -> list[Match]:
         """Identify a clip from its stage-1 fingerprints (what a crawler computes and sends):
-        each modality on its own, then audio and video matches that agree fused into one."""
+        each modality on its own, then audio and video matches that agree fused into one.
+        Given a ``tenant``, only its references are candidates: the hits of every other
+        tenant's are dropped before alignment, so they can neither be reported nor crowd the
+        tenant's own out of the candidates verified."""
         faiss.omp_set_num_threads(1)  # this thread's searches; index rebuilds use every core
         tracks = {"audio": (query.audio, _describe_audio), "video": (query.video, _describe_video)}
         present = {name: (frames, describe) for name, (frames, describe) in tracks.items()
@@ -574,31 +629,37 @@ class Catalog:
             floor = modality.params.min_score
             if len(present) > 1:
                 floor = min(floor, FUSION_FLOOR)
-            found[name] = self._match_modality(modality, describe(frames), floor)
+            found[name] = self._match_modality(modality, describe(frames), floor, tenant)
         return _fuse(found.get("audio", []), found.get("video", []),
                      {m.name: m.params.min_score for m in self.modalities.values()})
 
     def _match_modality(self, modality: Modality, described: _Described,
-                        min_score: float) -> list[Match]:
+                        min_score: float, tenant: str | None) -> list[Match]:
         index = self._indexes[modality.name].index
         if len(described.vectors) == 0 or index.ntotal == 0:
             return []
         params = modality.params
-        hits = self._hits(modality, described)
+        hits = self._hits(modality, described, tenant)
         candidates = align.segments(hits, modality.window_s, params.similarity_floor,
                                     params.min_evidence, max_segments=params.max_candidates)
         matches = self._verified(modality, described, candidates, min_score)
         if described.peaks is not None and not any(
                 match.score >= params.min_score for _, match in matches):
-            matches += self._verified(modality, described, self._landmark_candidates(described),
+            matches += self._verified(modality, described,
+                                      self._landmark_candidates(described, tenant),
                                       min_score, handicap=PEAK_SEARCH_HANDICAP)
         return _exclusive(matches)
 
-    def _landmark_candidates(self, described: _Described) -> list[align.Segment]:
-        """The alignments the query's landmarks vote for most in the whole catalogue (as the
-        clip is: speed and pitch changes are the window descriptors' to find)."""
+    def _landmark_candidates(self, described: _Described, tenant: str | None
+                             ) -> list[align.Segment]:
+        """The alignments the query's landmarks vote for most in the whole catalogue, or in
+        ``tenant``'s references (as the clip is: speed and pitch changes are the window
+        descriptors' to find)."""
         keys, anchors = landmarks.landmarks(*described.peaks, landmarks.QUERY_SUCCESSORS)
         numbers, offsets = self._indexes["audio"].index.lookup_landmarks(keys, anchors)
+        if tenant is not None:
+            mine = self._owners.owned(numbers, tenant)
+            numbers, offsets = numbers[mine], offsets[mine]
         unchanged = described.hypotheses.index((0, 1.0))
         return [align.Segment(
             reference=number, transform=unchanged, evidence=float(votes), query_start_s=0.0,
@@ -654,9 +715,11 @@ class Catalog:
                 speed=segment.speed)))
         return matches
 
-    def _hits(self, modality: Modality, described: _Described) -> align.Hits:
-        """One FAISS search for the searched descriptors; each hit is then read under every
-        alignment hypothesis of its descriptor's group."""
+    def _hits(self, modality: Modality, described: _Described, tenant: str | None
+              ) -> align.Hits:
+        """One FAISS search for the searched descriptors; each hit (on ``tenant``'s
+        references, if given) is then read under every alignment hypothesis of its
+        descriptor's group."""
         k = modality.params.neighbours
         searched = described.searched
         sims, numbers, slots = self._indexes[modality.name].index.search(
@@ -664,6 +727,8 @@ class Catalog:
         times = np.repeat(described.times[searched], k)
         group = np.repeat(described.group[searched], k)
         valid = numbers.reshape(-1) >= 0
+        if tenant is not None:
+            valid &= self._owners.owned(numbers.reshape(-1), tenant)
         parts = []
         for h, (g, scale) in enumerate(described.hypotheses):
             mine = valid & (group == g)

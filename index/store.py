@@ -32,20 +32,61 @@ WHOLE_FILE_BYTES = 1 << 20
 when its layout is first read: one sequential read costs less than the several small ones
 the zip directory, the array headers and a window would take apart."""
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS reference (
+DEFAULT_TENANT = "default"
+"""The tenant of references registered without one, and of those a data directory held before
+references had owners."""
+
+SCHEMA_VERSION = 1
+"""``PRAGMA user_version`` of the catalogue: 0 before references had a tenant (the same bytes
+could then be registered once in all), 1 since."""
+
+REFERENCE_TABLE = """
+CREATE TABLE {name} (
     number INTEGER PRIMARY KEY AUTOINCREMENT,
     reference_id TEXT NOT NULL UNIQUE,
     title TEXT NOT NULL,
     external_id TEXT NOT NULL DEFAULT '',
-    metadata TEXT NOT NULL DEFAULT '{}',
+    metadata TEXT NOT NULL DEFAULT '{{}}',
     duration_s REAL NOT NULL,
     modalities TEXT NOT NULL,
     created_at REAL NOT NULL,
-    content_sha256 TEXT NOT NULL UNIQUE,
-    fingerprint_format TEXT NOT NULL
+    content_sha256 TEXT NOT NULL,
+    fingerprint_format TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    UNIQUE (tenant, content_sha256)
 );
 """
+
+TENANT_INDEX = "CREATE INDEX reference_tenant ON reference (tenant, number);"
+
+CREATE = f"""
+BEGIN IMMEDIATE;
+{REFERENCE_TABLE.format(name="reference")}
+{TENANT_INDEX}
+PRAGMA user_version = {SCHEMA_VERSION};
+COMMIT;
+"""
+
+MIGRATE_0_TO_1 = f"""
+BEGIN IMMEDIATE;
+{REFERENCE_TABLE.format(name="reference_v1")}
+INSERT INTO reference_v1 (number, reference_id, title, external_id, metadata, duration_s,
+                          modalities, created_at, content_sha256, fingerprint_format, tenant)
+    SELECT number, reference_id, title, external_id, metadata, duration_s, modalities,
+           created_at, content_sha256, fingerprint_format, '{DEFAULT_TENANT}' FROM reference;
+DELETE FROM sqlite_sequence WHERE name = 'reference_v1';
+INSERT INTO sqlite_sequence (name, seq)
+    SELECT 'reference_v1', seq FROM sqlite_sequence WHERE name = 'reference';
+DROP TABLE reference;
+ALTER TABLE reference_v1 RENAME TO reference;
+{TENANT_INDEX}
+PRAGMA user_version = 1;
+COMMIT;
+"""
+"""References of a version-0 catalogue go to the default tenant. The table is rebuilt (SQLite
+cannot drop the old UNIQUE on content_sha256 in place) and keeps its AUTOINCREMENT counter:
+a number once used may still be a tombstone in a sealed index segment, so it is never given
+out again."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +101,7 @@ class Reference:
     metadata: dict[str, str] = field(default_factory=dict)
     modalities: tuple[str, ...] = ()
     created_at: float = 0.0
+    tenant: str = DEFAULT_TENANT
 
 
 @dataclass(frozen=True)
@@ -104,8 +146,21 @@ class Store:
                                    isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
+        self._open_schema()
         self._remove_orphans()
+
+    def _open_schema(self) -> None:
+        """Create the table, or bring one an earlier version wrote up to SCHEMA_VERSION."""
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        exists = self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'reference'").fetchone()
+        if version > SCHEMA_VERSION:
+            self._db.close()
+            raise ValueError(f"{self.root} was written by a newer clipmatch (catalogue schema "
+                             f"{version}, this version reads up to {SCHEMA_VERSION})")
+        if exists and version == SCHEMA_VERSION:
+            return
+        self._db.executescript(MIGRATE_0_TO_1 if exists else CREATE)  # one transaction
 
     def _remove_orphans(self) -> None:
         known = {row[0] for row in self._db.execute("SELECT reference_id FROM reference")}
@@ -121,14 +176,15 @@ class Store:
 
     def add(self, *, title: str, external_id: str, metadata: dict[str, str],
             duration_s: float, content_sha256: str, fingerprint_format: str,
-            fingerprints: dict[str, Fingerprints]) -> tuple[int, Reference]:
-        """Persist a new reference durably; returns its internal number and record.
-        ``fingerprints`` maps each modality the media has ("audio", "video") to its
+            fingerprints: dict[str, Fingerprints], tenant: str = DEFAULT_TENANT
+            ) -> tuple[int, Reference]:
+        """Persist a new reference of ``tenant`` durably; returns its internal number and
+        record. ``fingerprints`` maps each modality the media has ("audio", "video") to its
         descriptors."""
         reference = Reference(
             reference_id=uuid.uuid4().hex[:16], title=title, external_id=external_id,
             metadata=dict(metadata), duration_s=duration_s, created_at=time.time(),
-            content_sha256=content_sha256, modalities=tuple(fingerprints))
+            content_sha256=content_sha256, modalities=tuple(fingerprints), tenant=tenant)
         path = self.fingerprint_dir / f"{reference.reference_id}.npz"
         tmp = path.with_suffix(".tmp.npz")
         arrays = {}
@@ -143,43 +199,49 @@ class Store:
             os.fsync(handle.fileno())
         tmp.replace(path)
         with self._lock:
-            existing = self._db.execute(
-                "SELECT reference_id FROM reference WHERE content_sha256 = ?",
-                (content_sha256,)).fetchone()
+            existing = self._find_sha256(content_sha256, tenant)
             if existing:
                 path.unlink()
-                raise DuplicateError(existing[0])
+                raise DuplicateError(existing)
             cursor = self._db.execute(
                 "INSERT INTO reference (reference_id, title, external_id, metadata, duration_s,"
-                " modalities, created_at, content_sha256, fingerprint_format)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " modalities, created_at, content_sha256, fingerprint_format, tenant)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (reference.reference_id, title, external_id, json.dumps(metadata), duration_s,
                  ",".join(reference.modalities), reference.created_at, content_sha256,
-                 fingerprint_format))
+                 fingerprint_format, tenant))
             return int(cursor.lastrowid), reference
 
-    def find_sha256(self, content_sha256: str) -> str | None:
+    def find_sha256(self, content_sha256: str, tenant: str) -> str | None:
+        """The id of ``tenant``'s reference of these bytes, if it has one."""
         with self._lock:
-            row = self._db.execute("SELECT reference_id FROM reference WHERE content_sha256 = ?",
-                                   (content_sha256,)).fetchone()
+            return self._find_sha256(content_sha256, tenant)
+
+    def _find_sha256(self, content_sha256: str, tenant: str) -> str | None:
+        row = self._db.execute(
+            "SELECT reference_id FROM reference WHERE tenant = ? AND content_sha256 = ?",
+            (tenant, content_sha256)).fetchone()
         return row[0] if row else None
 
-    def delete(self, reference_id: str) -> int:
-        """Remove the row (durably), then the file; returns the internal number."""
+    def delete(self, reference_id: str, tenant: str | None = None) -> tuple[int, Reference]:
+        """Remove the row (durably), then the file; returns the internal number and the
+        record. A reference of another tenant than ``tenant`` (None: any) is not found."""
         with self._lock:
-            row = self._db.execute("SELECT number FROM reference WHERE reference_id = ?",
-                                   (reference_id,)).fetchone()
-            if row is None:
-                raise NotFoundError(f"no reference with id {reference_id!r}")
-            self._db.execute("DELETE FROM reference WHERE reference_id = ?", (reference_id,))
+            number, reference = self._get(reference_id, tenant)
+            self._db.execute("DELETE FROM reference WHERE number = ?", (number,))
         (self.fingerprint_dir / f"{reference_id}.npz").unlink(missing_ok=True)
-        return int(row[0])
+        return number, reference
 
-    def get(self, reference_id: str) -> tuple[int, Reference]:
+    def get(self, reference_id: str, tenant: str | None = None) -> tuple[int, Reference]:
+        """The reference's number and record; NotFoundError, as for an unknown id, when it
+        belongs to another tenant than ``tenant`` (None: any)."""
         with self._lock:
-            row = self._db.execute(f"SELECT {_COLUMNS} FROM reference WHERE reference_id = ?",
-                                   (reference_id,)).fetchone()
-        if row is None:
+            return self._get(reference_id, tenant)
+
+    def _get(self, reference_id: str, tenant: str | None) -> tuple[int, Reference]:
+        row = self._db.execute(f"SELECT {_COLUMNS} FROM reference WHERE reference_id = ?",
+                               (reference_id,)).fetchone()
+        if row is None or (tenant is not None and row[9] != tenant):
             raise NotFoundError(f"no reference with id {reference_id!r}")
         return int(row[0]), _reference(row)
 
@@ -192,17 +254,28 @@ class Store:
                 f"SELECT {_COLUMNS} FROM reference WHERE number IN ({marks})", numbers).fetchall()
         return {int(row[0]): _reference(row) for row in rows}
 
-    def page(self, after_number: int, limit: int) -> list[tuple[int, Reference]]:
-        """References in registration order, those numbered above ``after_number``."""
+    def page(self, after_number: int, limit: int, tenant: str | None = None
+             ) -> list[tuple[int, Reference]]:
+        """References (of ``tenant``, None: every tenant's) in registration order, those
+        numbered above ``after_number``."""
         with self._lock:
             rows = self._db.execute(
-                f"SELECT {_COLUMNS} FROM reference WHERE number > ? ORDER BY number LIMIT ?",
-                (after_number, limit)).fetchall()
+                f"SELECT {_COLUMNS} FROM reference WHERE number > :after"
+                " AND (:tenant IS NULL OR tenant = :tenant) ORDER BY number LIMIT :limit",
+                {"after": after_number, "tenant": tenant, "limit": limit}).fetchall()
         return [(int(row[0]), _reference(row)) for row in rows]
 
-    def count(self) -> int:
+    def count(self, tenant: str | None = None) -> int:
+        """How many references ``tenant`` (None: every tenant) holds."""
         with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM reference").fetchone()[0])
+            return int(self._db.execute(
+                "SELECT COUNT(*) FROM reference WHERE :tenant IS NULL OR tenant = :tenant",
+                {"tenant": tenant}).fetchone()[0])
+
+    def tenants(self) -> dict[int, str]:
+        """Internal number -> tenant of every stored reference."""
+        with self._lock:
+            return dict(self._db.execute("SELECT number, tenant FROM reference").fetchall())
 
     def formats(self) -> dict[str, int]:
         """How many references each fingerprint format holds."""
@@ -292,12 +365,12 @@ def _npz_layout(path: Path) -> dict[str, _Member]:
 
 
 _COLUMNS = ("number, reference_id, title, external_id, metadata, duration_s, modalities,"
-            " created_at, content_sha256")
+            " created_at, content_sha256, tenant")
 
 
 def _reference(row: tuple) -> Reference:
     return Reference(reference_id=row[1], title=row[2], external_id=row[3],
                      metadata=json.loads(row[4]), duration_s=float(row[5]),
                      modalities=tuple(row[6].split(",")), created_at=float(row[7]),
-                     content_sha256=row[8])
+                     content_sha256=row[8], tenant=row[9])
 

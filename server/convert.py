@@ -11,6 +11,7 @@ from fingerprint import video
 from fingerprint.audio import FORMAT, BandFrames
 from fingerprint.video import VideoFrames
 from index.catalog import Match, Query, Reference
+from server.access import AuditEntry, TokenInfo
 
 MODALITIES: dict[str, int] = {
     "audio": pb.MODALITY_AUDIO,
@@ -32,6 +33,14 @@ def reference_message(ref: Reference) -> pb.Reference:
     fields = asdict(ref)
     fields["modalities"] = [modality(m) for m in ref.modalities]
     return pb.Reference(**fields)
+
+
+def token_message(info: TokenInfo) -> pb.Token:
+    return pb.Token(**asdict(info))
+
+
+def audit_message(entry: AuditEntry) -> pb.AuditEntry:
+    return pb.AuditEntry(**asdict(entry))
 
 
 def match_message(match: Match) -> pb.Match:

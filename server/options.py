@@ -16,6 +16,8 @@ DEFAULT_RPC_THREADS = 8
 DEFAULT_MAX_REFERENCE_MB = 4096
 DEFAULT_MAX_CLIP_MB = 256
 DEFAULT_MAX_CLIP_S = 900
+DEFAULT_RATE_LIMIT_RPS = 50
+DEFAULT_RATE_LIMIT_BURST = 100
 
 
 MB = 1_000_000
@@ -59,6 +61,25 @@ class TlsFiles:
         return cls(args.tls_cert, args.tls_key, args.tls_client_ca or "")
 
 
+@dataclass(frozen=True)
+class AuthOptions:
+    """Access control (``server.access``): when ``enabled``, every call but health checks and
+    reflection needs an API token, and each token may make ``rate_limit_rps`` calls a second
+    on average, ``rate_limit_burst`` at once (a rate of 0: no limit). Disabled (--no-auth,
+    loopback only), every caller acts as an admin."""
+
+    enabled: bool = True
+    rate_limit_rps: float = DEFAULT_RATE_LIMIT_RPS
+    rate_limit_burst: int = DEFAULT_RATE_LIMIT_BURST
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> AuthOptions:
+        return cls(not args.no_auth, float(args.rate_limit_rps), args.rate_limit_burst)
+
+
+DEFAULT_AUTH = AuthOptions()
+
+
 def whole_number(minimum: int) -> Callable[[str], int]:
     """An argparse type: a whole number of at least ``minimum``."""
 
@@ -72,8 +93,8 @@ def whole_number(minimum: int) -> Callable[[str], int]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add --data-dir, --listen, --rpc-threads, --ingest-processes, the limits and TLS to
-    ``parser``."""
+    """Add --data-dir, --listen, --rpc-threads, --ingest-processes, the limits, TLS and
+    access control to ``parser``."""
     parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
                         help=f"catalogue directory, created if absent (default {DEFAULT_DATA_DIR})")
     parser.add_argument("--listen", default=DEFAULT_LISTEN,
@@ -102,3 +123,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     tls.add_argument("--tls-key", metavar="PEM", help="the server's private key")
     tls.add_argument("--tls-client-ca", metavar="PEM",
                      help="accept only clients with a certificate from this CA (mutual TLS)")
+    auth = parser.add_argument_group("access control (every call but health checks needs an "
+                                     "API token; see README, \"Access control\")")
+    auth.add_argument("--no-auth", action="store_true",
+                      help="DEVELOPMENT ONLY: no tokens, every caller acts as admin; refused "
+                           "unless --listen is a loopback address")
+    auth.add_argument("--rate-limit-rps", type=whole_number(0), default=DEFAULT_RATE_LIMIT_RPS,
+                      metavar="N", help="calls a second each token may make on average, 0 for "
+                                        "no limit (default %(default)s)")
+    auth.add_argument("--rate-limit-burst", type=whole_number(1),
+                      default=DEFAULT_RATE_LIMIT_BURST, metavar="N",
+                      help="calls a token may make at once (default %(default)s)")

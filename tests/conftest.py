@@ -1,8 +1,10 @@
 """Fixtures that run the REAL server as a subprocess on a free loopback port.
 
 The server logs one JSON object per line on stderr; the fixture reads the port it bound from
-the "serving" event and keeps every log line for assertions. Teardown stops it with SIGTERM
-and checks it shut down cleanly, with no request having crashed.
+the "serving" event and keeps every log line for assertions (and what it prints on stdout:
+the admin token of a first start). Clients act with the admin token the first start left in
+the data directory. Teardown stops it with SIGTERM and checks it shut down cleanly, with no
+request having crashed.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from typing import Any
 import grpc
 import pytest
 
-from client.sdk import ClipmatchClient
+from client.sdk import ClipmatchClient, with_token
+from server.access import ADMIN_TOKEN_FILE
 
 REPO = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 60.0
@@ -39,15 +42,20 @@ class ServerProcess:
         self.client_options = client_options or {}
         self.target = ""
         self.logs: list[dict[str, Any]] = []
+        self.printed: list[str] = []
+        """stdout lines, of every start"""
         self._process: subprocess.Popen[str] | None = None
 
     def start(self) -> None:
         process = subprocess.Popen(
             [*self.command, "--data-dir", str(self.data_dir), "--listen", "127.0.0.1:0"],
-            cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True)
         self._process = process
         serving = threading.Event()
+
+        def printed() -> None:
+            self.printed.extend(line.rstrip("\n") for line in process.stdout)
 
         def drain() -> None:  # keep reading, or a full pipe would block the server's logging
             for line in process.stderr:
@@ -61,6 +69,7 @@ class ServerProcess:
                     serving.set()
 
         threading.Thread(target=drain, daemon=True).start()
+        threading.Thread(target=printed, daemon=True).start()
         deadline = time.monotonic() + START_TIMEOUT_S
         while not serving.wait(0.1):
             if process.poll() is not None or time.monotonic() > deadline:
@@ -68,6 +77,16 @@ class ServerProcess:
                 raise RuntimeError(f"server did not start; its last output: {self.logs[-10:]}")
         with ClipmatchClient(self.target, **self.client_options) as client:
             assert client.health() == "SERVING"
+
+    @property
+    def admin_token(self) -> str:
+        """The admin token the first start issued."""
+        return (self.data_dir / ADMIN_TOKEN_FILE).read_text().strip()
+
+    def client(self, token: str | None = None) -> ClipmatchClient:
+        """An SDK client acting with ``token``, by default the admin token."""
+        return ClipmatchClient(self.target, token=token or self.admin_token,
+                               **self.client_options)
 
     @property
     def pid(self) -> int:
@@ -111,12 +130,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 
 @pytest.fixture
 def client(server: ServerProcess) -> Iterator[ClipmatchClient]:
-    with ClipmatchClient(server.target) as sdk:
+    with server.client() as sdk:
         yield sdk
 
 
 @pytest.fixture
 def channel(server: ServerProcess) -> Iterator[grpc.Channel]:
-    """A raw channel, for requests the SDK never sends (malformed streams, bad fingerprints)."""
+    """A raw channel with the admin token, for requests the SDK never sends (malformed
+    streams, bad fingerprints)."""
     with grpc.insecure_channel(server.target) as raw:
-        yield raw
+        yield with_token(raw, server.admin_token)

@@ -53,7 +53,7 @@ def trial(seed: int, media: list[Path], directory: Path) -> dict[str, Any]:
     progress = threading.Condition()
 
     def register(share: list[Path]) -> None:
-        with ClipmatchClient(server.target) as client:
+        with server.client() as client:
             for piece in share:
                 try:
                     reference = client.register(piece, title=piece.name)
@@ -79,7 +79,7 @@ def trial(seed: int, media: list[Path], directory: Path) -> dict[str, Any]:
         thread.join()
     server.start()
     by_title = {piece.name: piece for piece in media}
-    with ClipmatchClient(server.target) as client:
+    with server.client() as client:
         listed = {r["reference_id"]: r for r in client.list_all()}
         lost = [rid for rid in acknowledged if rid not in listed]
         unmatchable = [rid for rid, r in listed.items()

@@ -3,12 +3,13 @@
 Seeds are short excerpts of the test fixtures in five containers (Ogg Opus, FLAC, MP3, WAV,
 MP4 with H.264 and AAC); each case mutates one (truncated, bytes overwritten, a chunk repeated or
 inserted, another file's header spliced in) or is made up outright (empty, random bytes,
-huge or nonsensical fingerprint fields, absurd page sizes and ids). Every RPC must end with
-a status a client can act on: OK, INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS or
-RESOURCE_EXHAUSTED, within ``CALL_DEADLINE_S``; the decoders must return or raise
-``MediaError``. ``python -m tests.fuzz --cases N`` runs N cases in all, shared among the
-targets, against a server of its own with small limits, and reports the status codes seen
-and the server's memory (``make fuzz``: 10,000).
+huge or nonsensical fingerprint fields, absurd page sizes and ids, token and audit fields).
+Every RPC, called with the admin token, must end with a status a client can act on: OK,
+INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS or RESOURCE_EXHAUSTED, within
+``CALL_DEADLINE_S``; with made-up or mangled authorization metadata, with UNAUTHENTICATED.
+The decoders must return or raise ``MediaError``. ``python -m tests.fuzz --cases N`` runs N
+cases in all, shared among the targets, against a server of its own with small limits, and
+reports the status codes seen and the server's memory (``make fuzz``: 10,000).
 """
 
 from __future__ import annotations
@@ -28,22 +29,29 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from client.sdk import with_token
 from clipmatch.v1 import clipmatch_pb2 as pb
 from clipmatch.v1 import clipmatch_pb2_grpc as pb_grpc
 from fingerprint import audio, video
 from fingerprint.decode import MediaError, decode_media
+from server.access import ACTIONS, CRAWLER, ROLES, TENANT
 from tests.conftest import SERVER_COMMAND, ServerProcess
 from tests.media import encode, excerpt, fixture, load, video_clip, video_fixture
 
-ANSWERED = {"OK", "INVALID_ARGUMENT", "NOT_FOUND", "ALREADY_EXISTS", "RESOURCE_EXHAUSTED"}
+ANSWERED = frozenset({"OK", "INVALID_ARGUMENT", "NOT_FOUND", "ALREADY_EXISTS",
+                      "RESOURCE_EXHAUSTED"})
+REFUSED = frozenset({"UNAUTHENTICATED"})
+"""What a call without a valid token must get, whatever it asks."""
 CALL_DEADLINE_S = 60.0
 """A call not answered by then counts as a hang."""
 MAX_SERVER_RSS_MB = 2048
 """Memory the server may hold after the run: the limits bound what one request can make it
 allocate, so hostile input must not grow it past a catalogue's own needs."""
 CHUNK = 64 * 1024
-LIMITS = ("--max-clip-mb", "2", "--max-reference-mb", "4", "--max-clip-seconds", "30")
-"""Small enough that long uploads reach them in a few cases."""
+LIMITS = ("--max-clip-mb", "2", "--max-reference-mb", "4", "--max-clip-seconds", "30",
+          "--rate-limit-rps", "0")
+"""Small enough that long uploads reach them in a few cases; no rate limit, so that every
+case reaches the call it is about."""
 
 
 def seed_media(directory: Path) -> list[bytes]:
@@ -134,6 +142,30 @@ def hostile_fingerprints(draw: Callable[..., Any]) -> pb.MatchFingerprintRequest
     return request
 
 
+def authorization(token: str) -> st.SearchStrategy[str]:
+    """Authorization metadata that is not a valid token: made up (printable ASCII, as gRPC
+    allows), or ``token`` cut short, with a character changed or added, or another id, after
+    one of several schemes."""
+    printable = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=200)
+
+    @st.composite
+    def mangled(draw: Callable[..., Any]) -> str:
+        at = draw(st.integers(0, len(token) - 1))
+        kind = draw(st.sampled_from(["truncate", "change", "add", "other-id"]))
+        if kind == "truncate":
+            value = token[:at]
+        elif kind == "change":
+            value = token[:at] + ("A" if token[at] != "A" else "B") + token[at + 1:]
+        elif kind == "add":
+            value = token[:at] + draw(printable.filter(bool)) + token[at:]
+        else:
+            value = "cm_" + draw(st.text("0123456789abcdef", min_size=12, max_size=12).filter(
+                lambda other: other != token[3:15])) + token[15:]
+        return draw(st.sampled_from(["Bearer ", "bearer ", "Basic ", "", "Bearer  "])) + value
+
+    return st.one_of(printable, mangled())
+
+
 def _stream(header: Any, data: bytes, request_type: type) -> Iterator[Any]:
     yield request_type(header=header)
     for start in range(0, len(data), CHUNK):
@@ -148,23 +180,28 @@ class Tally:
             collections.Counter)
         self.failures: list[str] = []
 
-    def call(self, target: str, invoke: Callable[[], Any]) -> None:
+    def call(self, target: str, invoke: Callable[[], Any],
+             answered: frozenset[str] = ANSWERED) -> None:
         try:
             invoke()
-            code = "OK"
+            code, details = "OK", ""
         except grpc.RpcError as exc:
-            code = exc.code().name
-            if code not in ANSWERED:
-                self.failures.append(f"{target}: {code} {exc.details()!r}")
+            code, details = exc.code().name, exc.details()
+        if code not in answered:
+            self.failures.append(f"{target}: {code} {details!r}")
         self.codes[target][code] += 1
 
 
-def rpc_targets(channel: grpc.Channel, seeds: list[bytes], tally: Tally
+def rpc_targets(raw: grpc.Channel, admin_token: str, seeds: list[bytes], tally: Tally
                 ) -> dict[str, Callable[[int], None]]:
-    """Each RPC as a Hypothesis test of ``cases`` examples, tallying the answers (ids are
-    made up or those stored when it starts; deletions run after the matches)."""
+    """Each RPC as a Hypothesis test of ``cases`` examples, tallying the answers: with the
+    admin token (ids are made up or those stored when it starts; deletions run after the
+    matches; revocations never meet the admin token), and one of several RPCs with
+    authorization metadata that is not a valid token."""
+    channel = with_token(raw, admin_token)
     references = pb_grpc.ReferenceServiceStub(channel)
     matching = pb_grpc.MatchServiceStub(channel)
+    admin = pb_grpc.AdminServiceStub(channel)
     deadline = {"timeout": CALL_DEADLINE_S}
 
     def run(strategy: st.SearchStrategy, case: Callable[[Any], None]) -> Callable[[int], None]:
@@ -178,7 +215,44 @@ def rpc_targets(channel: grpc.Channel, seeds: list[bytes], tally: Tally
     stored = [ref.reference_id for ref in references.ListReferences(
         pb.ListReferencesRequest(), **deadline).references]
     ids = st.one_of(st.text(max_size=200), st.sampled_from(stored))
+    revocable = [admin.CreateToken(pb.CreateTokenRequest(tenant="fuzz", role=CRAWLER),
+                                   **deadline).info.token_id for _ in range(3)]
+    unauthorised = {
+        "ListReferences": lambda metadata: pb_grpc.ReferenceServiceStub(raw).ListReferences(
+            pb.ListReferencesRequest(), metadata=metadata, **deadline),
+        "MatchClip": lambda metadata: pb_grpc.MatchServiceStub(raw).MatchClip(
+            _stream(pb.MatchClipHeader(filename="x.ogg"), seeds[0], pb.MatchClipRequest),
+            metadata=metadata, **deadline),
+        "CreateToken": lambda metadata: pb_grpc.AdminServiceStub(raw).CreateToken(
+            pb.CreateTokenRequest(tenant="fuzz", role="admin"), metadata=metadata, **deadline),
+    }
     return {
+        "Authorization": run(
+            st.tuples(st.sampled_from(sorted(unauthorised)),
+                      st.one_of(authorization(admin_token).map(lambda v: [("authorization", v)]),
+                                st.just([]))),
+            lambda args: tally.call("Authorization", lambda: unauthorised[args[0]](args[1]),
+                                    REFUSED)),
+        "CreateToken": run(
+            st.tuples(st.one_of(st.from_regex(TENANT, fullmatch=True), st.text(max_size=100)),
+                      st.one_of(st.sampled_from(ROLES), st.text(max_size=30)),
+                      st.text(max_size=300)),
+            lambda args: tally.call("CreateToken", lambda: admin.CreateToken(
+                pb.CreateTokenRequest(tenant=args[0], role=args[1], label=args[2]),
+                **deadline))),
+        "RevokeToken": run(st.one_of(st.text(max_size=100), st.sampled_from(revocable)),
+                           lambda token_id: tally.call("RevokeToken", lambda: admin.RevokeToken(
+                               pb.RevokeTokenRequest(token_id=token_id), **deadline))),
+        "QueryAudit": run(
+            st.tuples(st.one_of(st.just("fuzz"), st.text(max_size=70)),
+                      st.one_of(st.sampled_from(ACTIONS), st.text(max_size=20)),
+                      *[st.one_of(st.floats(0, 4e9), floats)] * 2,
+                      st.one_of(st.integers(0, 1000), st.integers(-2**31, 2**31 - 1)),
+                      st.one_of(st.just(""), st.text(max_size=30))),
+            lambda args: tally.call("QueryAudit", lambda: admin.QueryAudit(
+                pb.QueryAuditRequest(tenant=args[0], action=args[1], since=args[2],
+                                     until=args[3], page_size=args[4], page_token=args[5]),
+                **deadline))),
         "MatchClip": run(st.tuples(media, filenames), lambda args: tally.call(
             "MatchClip", lambda: matching.MatchClip(_stream(
                 pb.MatchClipHeader(filename=args[1]), args[0], pb.MatchClipRequest),
@@ -230,12 +304,13 @@ def decoder_cases(seeds: list[bytes], count: int, tally: Tally) -> None:
 
 @contextmanager
 def fuzzed_server(directory: Path) -> Iterator[tuple[ServerProcess, grpc.Channel]]:
-    """A real server over a fresh data directory holding one reference."""
+    """A real server over a fresh data directory holding one reference, and a channel to it
+    (without a token)."""
     server = ServerProcess(directory / "data", (*SERVER_COMMAND, *LIMITS))
     server.start()
     try:
         with grpc.insecure_channel(server.target) as channel:
-            stub = pb_grpc.ReferenceServiceStub(channel)
+            stub = pb_grpc.ReferenceServiceStub(with_token(channel, server.admin_token))
             stub.CreateReference(_stream(pb.ReferenceHeader(title="knolls"),
                                          fixture("knolls").read_bytes(),
                                          pb.CreateReferenceRequest))
@@ -256,7 +331,7 @@ def run(cases: int, directory: Path) -> dict[str, Any]:
     tally = Tally()
     seeds = seed_media(directory)
     with fuzzed_server(directory) as (server, channel):
-        targets = rpc_targets(channel, seeds, tally)
+        targets = rpc_targets(channel, server.admin_token, seeds, tally)
         share = -(-cases // (len(targets) + 1))  # rounded up: at least ``cases`` in all
         decoder_cases(seeds, share, tally)
         for target in targets.values():

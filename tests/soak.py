@@ -1,7 +1,8 @@
 """Concurrent clients mixing matches, registrations, listings and deletions for a while.
 
-A real server holds the four catalogue fixtures, which nobody deletes. Each client owns
-some 5 s pieces of the other fixtures (pieces of different clients never have the same
+A real server holds the four catalogue fixtures, which nobody deletes. Each client has a
+rights holder's token of its own (of the tenant that holds the fixtures) and owns some 5 s
+pieces of the other fixtures (pieces of different clients never have the same
 bytes) and loops until the time is up: half its calls match a 6 s excerpt of a catalogue
 fixture and check the answer names it at its offset, the rest register one of its pieces,
 delete one it registered (which may then be registered again), or list the catalogue and
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from client.sdk import ClipmatchClient, ClipmatchError
+from server.access import DEFAULT_TENANT, RIGHTS_HOLDER
 from tests.conftest import ServerProcess
 from tests.media import CATALOGUE, encode, excerpt, fixture, load, pieces
 
@@ -55,11 +57,12 @@ def probes(directory: Path) -> list[tuple[str, float, Path]]:
 class Client(threading.Thread):
     """One client's loop of calls, its own references and what it saw go wrong."""
 
-    def __init__(self, target: str, seed: int, pieces: list[Path],
+    def __init__(self, server: ServerProcess, token: str, seed: int, pieces: list[Path],
                  probe_set: list[tuple[str, float, Path]], catalogue: dict[str, str],
                  stop_at: float) -> None:
         super().__init__(name=f"client-{seed}")
-        self.target, self.rng, self.stop_at = target, np.random.default_rng(seed), stop_at
+        self.server, self.token = server, token
+        self.rng, self.stop_at = np.random.default_rng(seed), stop_at
         self.spare, self.probes, self.catalogue = list(pieces), probe_set, catalogue
         self.mine: dict[str, Path] = {}  # reference_id -> piece, registered and kept
         self.deleted: set[str] = set()
@@ -67,7 +70,7 @@ class Client(threading.Thread):
         self.errors: list[str] = []
 
     def run(self) -> None:
-        with ClipmatchClient(self.target) as client:
+        with self.server.client(self.token) as client:
             while time.monotonic() < self.stop_at:
                 kind = self.rng.choice(["match", "register", "delete", "list"],
                                        p=[0.5, 0.2, 0.15, 0.15])
@@ -125,18 +128,20 @@ def run(clients: int, seconds: float, directory: Path) -> dict[str, Any]:
     server = ServerProcess(directory / "data")
     server.start()
     try:
-        with ClipmatchClient(server.target) as client:
-            catalogue = {f"{name}.ogg": client.register(fixture(name))["reference_id"]
+        with server.client() as admin:
+            catalogue = {f"{name}.ogg": admin.register(fixture(name))["reference_id"]
                          for name in CATALOGUE}
+            tokens = [admin.create_token(DEFAULT_TENANT, RIGHTS_HOLDER, f"soak client {i}")["token"]
+                      for i in range(clients)]
         dealt, probe_set = owned_pieces(directory, clients), probes(directory)
         stop_at = time.monotonic() + seconds
-        threads = [Client(server.target, i, dealt[i], probe_set, catalogue, stop_at)
+        threads = [Client(server, tokens[i], i, dealt[i], probe_set, catalogue, stop_at)
                    for i in range(clients)]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
-        with ClipmatchClient(server.target) as client:
+        with server.client() as client:
             listed = [r["reference_id"] for r in client.list_all()]
         expected = set(catalogue.values()).union(*(t.mine for t in threads))
         latency = collections.defaultdict(list)

@@ -20,12 +20,14 @@ MATCH_KEYS = {"reference_id", "title", "modality", "score", "query_start_s", "qu
               "reference_start_s", "reference_end_s", "speed"}
 
 
-def clipmatch(*args: str | Path, server: str | None = None,
+def clipmatch(*args: str | Path, server: ServerProcess | None = None,
               env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run the CLI as a user would; ``server`` goes in --server when given."""
-    flags = ["--server", server] if server else []
+    """Run the CLI as a user would; a ``server`` goes in --server, its admin token in
+    CLIPMATCH_TOKEN (unless ``env`` sets another)."""
+    flags = ["--server", server.target] if server else []
+    token = {"CLIPMATCH_TOKEN": server.admin_token} if server else {}
     return subprocess.run([*CLI, *flags, *map(str, args)], cwd=REPO, capture_output=True,
-                          text=True, timeout=120, env={**os.environ, **(env or {})},
+                          text=True, timeout=120, env={**os.environ, **token, **(env or {})},
                           stdin=subprocess.DEVNULL)
 
 
@@ -45,7 +47,7 @@ def registered(server: ServerProcess, tmp_path_factory: pytest.TempPathFactory
     bad = tmp_path_factory.mktemp("bad") / "not-media.mp3"
     bad.write_text("not audio at all")
     result = clipmatch("register", fixture("battle"), bad, fixture("knolls"), "--json",
-                       server=server.target)
+                       server=server)
     assert result.returncode == 1, result.stderr
     lines = json_lines(result)
     assert [line["path"] for line in lines] == [str(fixture("battle")), str(bad),
@@ -62,7 +64,7 @@ def registered(server: ServerProcess, tmp_path_factory: pytest.TempPathFactory
 def test_register_readable_output(registered: dict[str, dict[str, Any]],
                                   server: ServerProcess) -> None:
     result = clipmatch("register", fixture("loyalists"), "--title", "Loyalists",
-                       "--external-id", "wesnoth:loyalists", server=server.target)
+                       "--external-id", "wesnoth:loyalists", server=server)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"{fixture('loyalists')}: registered ")
     assert '"Loyalists" (30.0 s)' in result.stdout
@@ -70,7 +72,7 @@ def test_register_readable_output(registered: dict[str, dict[str, Any]],
 
 def test_register_title_with_several_files_is_a_usage_error(server: ServerProcess) -> None:
     result = clipmatch("register", fixture("battle"), fixture("knolls"), "--title", "x",
-                       server=server.target)
+                       server=server)
     assert result.returncode == 2
     assert "--title" in result.stderr
 
@@ -79,7 +81,7 @@ def test_match_json_lines(registered: dict[str, dict[str, Any]], server: ServerP
                           tmp_path: Path) -> None:
     found = Clip("battle", 10.0, 8.0).write(tmp_path)
     unknown = Clip("wanderer_not_in_catalogue", 2.0, 8.0).write(tmp_path)
-    result = clipmatch("match", found, unknown, "--json", server=server.target)
+    result = clipmatch("match", found, unknown, "--json", server=server)
     assert result.returncode == 0, result.stderr
     hit, miss = json_lines(result)
     assert hit.keys() == miss.keys() == {"path", "matches", "elapsed_ms"}
@@ -96,7 +98,7 @@ def test_match_readable_output(registered: dict[str, dict[str, Any]], server: Se
                                tmp_path: Path) -> None:
     found = Clip("knolls", 20.0, 8.0).write(tmp_path)
     unknown = Clip("speech_not_in_catalogue", 0.0, 8.0).write(tmp_path)
-    result = clipmatch("match", found, unknown, server=server.target)
+    result = clipmatch("match", found, unknown, server=server)
     assert result.returncode == 0, result.stderr
     first, *_, last = result.stdout.splitlines()
     assert first.startswith(f'{found}: "knolls.ogg" ')
@@ -108,23 +110,64 @@ def test_match_readable_output(registered: dict[str, dict[str, Any]], server: Se
 
 
 def test_list_get_delete(registered: dict[str, dict[str, Any]], server: ServerProcess) -> None:
-    listed = json_lines(clipmatch("list", "--json", server=server.target))
+    listed = json_lines(clipmatch("list", "--json", server=server))
     assert {ref["reference_id"] for ref in registered.values()} <= {
         ref["reference_id"] for ref in listed}
-    readable = clipmatch("list", server=server.target).stdout.splitlines()
+    readable = clipmatch("list", server=server).stdout.splitlines()
     assert readable[-1] == f"{len(listed)} references"
 
     reference_id = registered["knolls.ogg"]["reference_id"]
-    got = json_lines(clipmatch("get", reference_id, "--json", server=server.target))
+    got = json_lines(clipmatch("get", reference_id, "--json", server=server))
     assert got[0]["title"] == "knolls.ogg"
     assert "title           knolls.ogg" in clipmatch("get", reference_id,
-                                                     server=server.target).stdout
+                                                     server=server).stdout
 
-    deleted = clipmatch("delete", reference_id, server=server.target)
+    deleted = clipmatch("delete", reference_id, server=server)
     assert (deleted.returncode, deleted.stdout) == (0, f"deleted {reference_id}\n")
-    gone = clipmatch("get", reference_id, server=server.target)
+    gone = clipmatch("get", reference_id, server=server)
     assert gone.returncode == 1
     assert gone.stderr.startswith("error NOT_FOUND: ")
+
+
+def test_tokens_issued_listed_used_and_revoked(registered: dict[str, dict[str, Any]],
+                                               server: ServerProcess, tmp_path: Path) -> None:
+    """An admin issues a crawler token (printed alone on stdout, for a script to keep); the
+    crawler matches with it from CLIPMATCH_TOKEN but may not list; the audit shows its match;
+    once revoked it is refused, and so is a call with no token, saying what to do."""
+    created = clipmatch("token", "create", "--tenant", "default", "--role", "crawler",
+                        "--label", "cli crawler", server=server)
+    assert created.returncode == 0, created.stderr
+    token = created.stdout.strip()
+    assert token.startswith("cm_") and "shown only now" in created.stderr
+    token_id = token.split("_")[1]
+    listed = json_lines(clipmatch("token", "list", "--json", server=server))
+    assert {"token_id": token_id, "role": "crawler", "label": "cli crawler"}.items() <= next(
+        t for t in listed if t["token_id"] == token_id).items()
+    assert token not in clipmatch("token", "list", server=server).stdout
+
+    crawler = {"CLIPMATCH_TOKEN": token}
+    clip = Clip("battle", 5.0, 6.0).write(tmp_path)
+    found = clipmatch("match", clip, "--json", server=server, env=crawler)
+    assert json_lines(found)[0]["matches"][0]["title"] == "battle.ogg"
+    denied = clipmatch("list", server=server, env=crawler)
+    assert denied.returncode == 1 and denied.stderr.startswith("error PERMISSION_DENIED: ")
+
+    audit = json_lines(clipmatch("audit", "--action", "match", "--json", server=server))
+    assert [e["token_id"] for e in audit][-1] == token_id
+    readable = clipmatch("audit", "--tenant", "default", "--since", "2000-01-01",
+                         server=server).stdout
+    assert f"by cm_{token_id} (crawler)" in readable and " register " in readable
+    bad_time = clipmatch("audit", "--since", "yesterday", server=server)
+    assert bad_time.returncode == 2 and "ISO 8601" in bad_time.stderr
+
+    revoked = clipmatch("token", "revoke", token_id, server=server)
+    assert revoked.returncode == 0 and revoked.stdout.startswith(f"revoked cm_{token_id}")
+    for env in (crawler, {"CLIPMATCH_TOKEN": ""}):
+        refused = clipmatch("match", clip, server=server, env=env)
+        assert refused.returncode == 1
+        assert "error UNAUTHENTICATED: " in refused.stderr and "CLIPMATCH_TOKEN" in refused.stderr
+    bad_role = clipmatch("token", "create", "--tenant", "x", "--role", "boss", server=server)
+    assert bad_role.returncode == 1 and "rights_holder" in bad_role.stderr
 
 
 def test_health_uses_the_environment(server: ServerProcess) -> None:
@@ -136,7 +179,7 @@ def test_unreachable_server_says_how_to_start_one() -> None:
     with socket.socket() as probe:  # a port nothing listens on once the probe closes
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    result = clipmatch("health", server=f"127.0.0.1:{port}")
+    result = clipmatch("health", env={"CLIPMATCH_SERVER": f"127.0.0.1:{port}"})
     assert result.returncode == 1
     assert "UNAVAILABLE" in result.stderr
     assert "clipmatch serve" in result.stderr
@@ -164,17 +207,17 @@ def test_register_a_folder_several_files_at_once(tmp_path: Path) -> None:
                                                         "--ingest-processes", "2"))
     process.start()
     try:
-        result = clipmatch("register", folder, "--jobs", "3", "--json", server=process.target)
+        result = clipmatch("register", folder, "--jobs", "3", "--json", server=process)
         assert result.returncode == 0, result.stderr
         assert [line["path"] for line in json_lines(result)] == [
             str(folder / "loyalists.ogg"), str(folder / "wesnoth" / "battle.ogg"),
             str(folder / "wesnoth" / "more" / "knolls.ogg")]
         clip = Clip("knolls", 12.0, 6.0).write(tmp_path)
-        found = json_lines(clipmatch("match", clip, "--json", server=process.target))
+        found = json_lines(clipmatch("match", clip, "--json", server=process))
         assert found[0]["matches"][0]["title"] == "knolls.ogg"
         empty = tmp_path / "empty"
         empty.mkdir()
-        result = clipmatch("register", empty, server=process.target)
+        result = clipmatch("register", empty, server=process)
         assert result.returncode == 2
         assert "no media files" in result.stderr
     finally:

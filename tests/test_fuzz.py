@@ -16,8 +16,12 @@ def test_hostile_input_is_answered_and_the_server_stays_up(tmp_path: Path) -> No
     assert report["server_rss_mb"] <= fuzz.MAX_SERVER_RSS_MB
     assert set(report["codes"]) == {"decode_media", "MatchClip", "CreateReference",
                                     "MatchFingerprint", "GetReference", "DeleteReference",
-                                    "ListReferences"}
+                                    "ListReferences", "Authorization", "CreateToken",
+                                    "RevokeToken", "QueryAudit"}
     # the cases reach past the validation: some media decodes and some clips are answered
     assert report["codes"]["decode_media"].get("decoded", 0) > 0
     assert report["codes"]["MatchClip"].get("OK", 0) > 0
     assert report["codes"]["MatchFingerprint"].get("OK", 0) > 0
+    assert report["codes"]["CreateToken"].get("OK", 0) > 0
+    assert report["codes"]["QueryAudit"].get("OK", 0) > 0
+    assert set(report["codes"]["Authorization"]) == {"UNAUTHENTICATED"}

@@ -367,6 +367,110 @@ def test_restart_delete_and_rebuild(tmp_path: Path) -> None:
     catalog.close()
 
 
+def test_tenants_see_register_and_match_only_their_own_references(tmp_path: Path) -> None:
+    """The same bytes may be registered once per tenant; a tenant's get, delete, list and
+    match see only its own references (another's is not found, like an unknown id), and
+    None sees every tenant's."""
+    catalog = Catalog(tmp_path / "data")
+    a_battle = catalog.register(fixture("battle"), title="battle", tenant="a")
+    a_knolls = catalog.register(fixture("knolls"), title="knolls", tenant="a")
+    b_knolls = catalog.register(fixture("knolls"), title="knolls", tenant="b")
+    assert (a_battle.tenant, b_knolls.tenant) == ("a", "b")
+    with pytest.raises(DuplicateError) as caught:
+        catalog.register(fixture("knolls"), title="again", tenant="b")
+    assert caught.value.reference_id == b_knolls.reference_id
+    for call in (catalog.get, catalog.delete):
+        with pytest.raises(NotFoundError, match="no reference with id"):
+            call(a_battle.reference_id, "b")
+    assert catalog.get(a_battle.reference_id).tenant == "a"
+    page, _, total = catalog.list(tenant="b")
+    assert ([r.reference_id for r in page], total) == ([b_knolls.reference_id], 1)
+    assert catalog.list()[2] == 3 and catalog.list(tenant="nobody")[2] == 0
+
+    under_speech = _write(tmp_path, with_speech(excerpt(load(fixture("battle")), 14.0, 6.0),
+                                                0.0))
+    assert [m.reference_id for m in catalog.match_media(under_speech, "a")] == [
+        a_battle.reference_id]
+    assert catalog.match_media(under_speech, "b") == []
+    knolls = _write(tmp_path, excerpt(load(fixture("knolls")), 8.0, 6.0), "knolls.wav")
+    for tenant, reference in (("a", a_knolls), ("b", b_knolls)):
+        assert [m.reference_id for m in catalog.match_media(knolls, tenant)] == [
+            reference.reference_id]
+    assert catalog.delete(b_knolls.reference_id, "b") == b_knolls
+    assert catalog.match_media(knolls, "b") == []
+    catalog.close()
+
+
+V0_REFERENCE_TABLE = """
+CREATE TABLE reference (
+    number INTEGER PRIMARY KEY AUTOINCREMENT,
+    reference_id TEXT NOT NULL UNIQUE,
+    title TEXT NOT NULL,
+    external_id TEXT NOT NULL DEFAULT '',
+    metadata TEXT NOT NULL DEFAULT '{}',
+    duration_s REAL NOT NULL,
+    modalities TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    content_sha256 TEXT NOT NULL UNIQUE,
+    fingerprint_format TEXT NOT NULL
+);
+"""
+"""The table as versions before tenants wrote it (user_version 0)."""
+
+
+def _as_written_before_tenants(database: Path) -> None:
+    """Turn a catalogue back into the schema of versions before tenants, rows, numbers and
+    AUTOINCREMENT counter kept."""
+    db = sqlite3.connect(database, isolation_level=None)
+    db.executescript(f"""
+        BEGIN;
+        DROP INDEX reference_tenant;
+        ALTER TABLE reference RENAME TO current;
+        {V0_REFERENCE_TABLE}
+        INSERT INTO reference SELECT number, reference_id, title, external_id, metadata,
+            duration_s, modalities, created_at, content_sha256, fingerprint_format FROM current;
+        UPDATE sqlite_sequence SET seq = (SELECT seq FROM sqlite_sequence WHERE name = 'current')
+            WHERE name = 'reference';
+        DROP TABLE current;
+        PRAGMA user_version = 0;
+        COMMIT;""")
+    db.close()
+
+
+def test_catalogue_of_a_version_before_tenants_opens_with_its_references_in_default(
+        tmp_path: Path) -> None:
+    """Its references belong to the default tenant and still match; a deleted reference's
+    number (a tombstone in the sealed index segment) is not given out again."""
+    data = tmp_path / "data"
+    catalog = Catalog(data)
+    kept = catalog.register(fixture("battle"), title="battle")
+    gone = catalog.register(fixture("knolls"), title="knolls")
+    catalog.close()  # seals both into a segment
+    catalog = Catalog(data)
+    catalog.delete(gone.reference_id)
+    catalog.close()
+    _as_written_before_tenants(data / "catalog.sqlite")
+
+    catalog = Catalog(data)
+    assert [(r.reference_id, r.tenant) for r in catalog.list()[0]] == [
+        (kept.reference_id, "default")]
+    battle = _write(tmp_path, excerpt(load(fixture("battle")), 10.0, 6.0), "battle.wav")
+    assert [m.reference_id for m in catalog.match_media(battle, "default")] == [
+        kept.reference_id]
+    with pytest.raises(DuplicateError):
+        catalog.register(fixture("battle"), title="battle again")
+    other = catalog.register(fixture("battle"), title="battle", tenant="other")
+    again = catalog.register(fixture("knolls"), title="knolls again")
+    knolls = _write(tmp_path, excerpt(load(fixture("knolls")), 8.0, 6.0), "knolls.wav")
+    assert [m.reference_id for m in catalog.match_media(knolls)] == [again.reference_id]
+    catalog.close()
+    db = sqlite3.connect(data / "catalog.sqlite")
+    numbers = dict(db.execute("SELECT reference_id, number FROM reference").fetchall())
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+    db.close()
+    assert numbers[other.reference_id] == 3 and numbers[again.reference_id] == 4
+
+
 def test_ingest_processes_register_in_parallel_what_one_thread_would(tmp_path: Path) -> None:
     """Registrations fingerprinted in a pool of processes, several at once, store what the
     registering thread would have: the same clips match at the same offsets; bad media

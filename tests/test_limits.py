@@ -23,7 +23,7 @@ LIMITS = ("--max-reference-mb", "3", "--max-clip-mb", "1", "--max-clip-seconds",
 def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClipmatchClient]:
     server = ServerProcess(tmp_path_factory.mktemp("data"), (*SERVER_COMMAND, *LIMITS))
     server.start()
-    with ClipmatchClient(server.target) as client:
+    with server.client() as client:
         client.register(fixture("knolls"))
         yield client
     assert server.stop() == 0

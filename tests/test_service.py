@@ -54,7 +54,7 @@ NOT_IN_CATALOGUE = [
 @pytest.fixture(scope="module")
 def catalogue(server: ServerProcess) -> dict[str, dict[str, Any]]:
     """The catalogue fixtures, registered once for the module, by fixture name."""
-    with ClipmatchClient(server.target) as sdk:
+    with server.client() as sdk:
         return {name: sdk.register(fixture(name)) for name in CATALOGUE}
 
 
@@ -409,11 +409,11 @@ def test_bad_fingerprint_is_invalid_argument(channel: grpc.Channel, kind: str,
 
 def test_catalogue_survives_restart(catalogue: dict[str, dict[str, Any]],
                                     server: ServerProcess, tmp_path: Path) -> None:
-    with ClipmatchClient(server.target) as before_restart:
+    with server.client() as before_restart:
         references = before_restart.list_all()
     server.restart()
     clip = Clip("loyalists", 14.0, 10.0)
-    with ClipmatchClient(server.target) as after_restart:
+    with server.client() as after_restart:
         assert after_restart.list_all() == references
         assert_found(after_restart.match(clip.write(tmp_path)), clip)
 

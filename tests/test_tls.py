@@ -82,13 +82,14 @@ def mtls_server(tmp_path: Path, pki: Path) -> Iterator[ServerProcess]:
 def test_tls_serves_clients_that_trust_its_ca_only(tls_server: ServerProcess, pki: Path,
                                                     tmp_path: Path) -> None:
     assert tls_server.events("serving")[0]["tls"] == "on"
-    with ClipmatchClient(tls_server.target, tls_ca=str(pki / "ca.pem")) as client:
+    with ClipmatchClient(tls_server.target, token=tls_server.admin_token,
+                         tls_ca=str(pki / "ca.pem")) as client:
         reference = client.register(fixture("knolls"))
         found = client.match(Clip("knolls", 5.0, 6.0).write(tmp_path))["matches"]
         assert found and found[0]["reference_id"] == reference["reference_id"]
     for untrusting in ({}, {"tls_ca": str(pki / "other-ca.pem")}):  # plain gRPC, wrong CA
-        with ClipmatchClient(tls_server.target, **untrusting) as client, pytest.raises(
-                ClipmatchError) as refused:
+        with ClipmatchClient(tls_server.target, token=tls_server.admin_token,
+                             **untrusting) as client, pytest.raises(ClipmatchError) as refused:
             client.list()
         assert refused.value.code == "UNAVAILABLE"
 
@@ -96,14 +97,15 @@ def test_tls_serves_clients_that_trust_its_ca_only(tls_server: ServerProcess, pk
 def test_mutual_tls_refuses_clients_without_a_certificate_from_its_ca(
         mtls_server: ServerProcess, pki: Path) -> None:
     assert mtls_server.events("serving")[0]["tls"] == "mutual"
-    with ClipmatchClient(mtls_server.target, tls_ca=str(pki / "ca.pem"),
-                         tls_cert=str(pki / "client.pem"),
+    with ClipmatchClient(mtls_server.target, token=mtls_server.admin_token,
+                         tls_ca=str(pki / "ca.pem"), tls_cert=str(pki / "client.pem"),
                          tls_key=str(pki / "client.key")) as client:
         assert client.list()["total_count"] == 0
     for name in ("", "stranger"):
         certificate = {"tls_cert": str(pki / f"{name}.pem"),
                        "tls_key": str(pki / f"{name}.key")} if name else {}
-        with ClipmatchClient(mtls_server.target, tls_ca=str(pki / "ca.pem"),
-                             **certificate) as client, pytest.raises(ClipmatchError) as refused:
+        with ClipmatchClient(mtls_server.target, token=mtls_server.admin_token,
+                             tls_ca=str(pki / "ca.pem"), **certificate
+                             ) as client, pytest.raises(ClipmatchError) as refused:
             client.list()
         assert refused.value.code == "UNAVAILABLE"

@@ -24,13 +24,13 @@ CLIP_S = 10.0
 
 @pytest.fixture(scope="module")
 def reference(server: ServerProcess) -> dict[str, Any]:
-    with ClipmatchClient(server.target) as client:
+    with server.client() as client:
         return client.register(video_fixture(REFERENCE))
 
 
 @pytest.fixture(scope="module")
 def held_shot(server: ServerProcess) -> dict[str, Any]:
-    with ClipmatchClient(server.target) as client:
+    with server.client() as client:
         return client.register(video_fixture("held_shot_tree"))
 
 
