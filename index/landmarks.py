@@ -37,9 +37,11 @@ _MAX_TIMELINE = 2**32
 
 def landmarks(frames: np.ndarray, bands: np.ndarray, successors: int
               ) -> tuple[np.ndarray, np.ndarray]:
-    """Triplet keys (uint32) and anchor frames (int64) of peaks sorted by frame: each peak
+    """Triplet keys (uint32) and anchor frames (int64) of peaks (sorted by frame): each peak
     with every pair among its first ``successors`` successors inside the zone (a successor
-    is later by 1 to ``ZONE_FRAMES`` frames and within ``ZONE_BANDS`` bands)."""
+    is later by 1 to ``ZONE_FRAMES`` frames and within ``ZONE_BANDS`` bands). In key order:
+    looked up in that order, a table's binary searches walk it forwards (measured on 10 s
+    dev clips against 1,000 h: 4.5 instead of 12.9 ms per clip)."""
     if successors < 2:
         raise ValueError(f"a triplet needs 2 successors, got {successors}")
     frames = np.asarray(frames, np.int64)
@@ -57,15 +59,17 @@ def landmarks(frames: np.ndarray, bands: np.ndarray, successors: int
         anchor = anchor[fits]
         chosen[anchor, taken[anchor]] = anchor + step
         taken[anchor] += 1
-    keys, anchors = [], []
+    key_parts, anchor_parts = [], []
     for first, second in itertools.combinations(range(successors), 2):
         anchor = np.nonzero(chosen[:, second] >= 0)[0]
         j, k = chosen[anchor, first], chosen[anchor, second]
-        keys.append((bands[anchor] << 24) | ((bands[j] - bands[anchor] + 32) << 18)
-                    | ((bands[k] - bands[anchor] + 32) << 12)
-                    | ((frames[j] - frames[anchor]) << 6) | (frames[k] - frames[anchor]))
-        anchors.append(frames[anchor])
-    return np.concatenate(keys).astype(np.uint32), np.concatenate(anchors)
+        key_parts.append((bands[anchor] << 24) | ((bands[j] - bands[anchor] + 32) << 18)
+                         | ((bands[k] - bands[anchor] + 32) << 12)
+                         | ((frames[j] - frames[anchor]) << 6) | (frames[k] - frames[anchor]))
+        anchor_parts.append(frames[anchor])
+    keys = np.concatenate(key_parts).astype(np.uint32)
+    order = np.argsort(keys, kind="stable")
+    return keys[order], np.concatenate(anchor_parts)[order]
 
 
 class Table:
