@@ -27,7 +27,7 @@ from fingerprint.audio import (
 )
 from fingerprint.decode import decode_audio
 from index import landmarks
-from index.segments import SLOT_BITS, Layout, SegmentedIndex
+from index.segments import SEARCH_ROWS_PER_THREAD, SLOT_BITS, Layout, SegmentedIndex
 from tests.media import FIXTURES
 
 LAYOUT = Layout(DIM, "IVF{lists},PQ60x4fs", "nprobe=2", train_min=200, train_max=1_000,
@@ -69,9 +69,10 @@ class Catalogue:
     def live(self) -> list[int]:
         return sorted(self.stored)
 
-    def open(self, directory: Path, layout: Layout = LAYOUT) -> SegmentedIndex:
+    def open(self, directory: Path, layout: Layout = LAYOUT, search_threads: int | None = None
+             ) -> SegmentedIndex:
         return SegmentedIndex(directory, layout, {"format": "test"}, self.source, self.live,
-                              landmarks=True)
+                              landmarks=True, search_threads=search_threads)
 
 
 def filled(directory: Path, references: dict) -> tuple[Catalogue, SegmentedIndex]:
@@ -123,6 +124,22 @@ def test_segments_answer_as_one_index(tmp_path: Path, references: dict) -> None:
     assert self_found(index, references) > 0.9
     assert landmark_lines(index, references) == {n: (n, 0) for n in references}
     index.close()
+
+
+def test_a_search_split_across_threads_answers_as_one_thread(tmp_path: Path,
+                                                            references: dict) -> None:
+    """Query rows searched in several threads get exactly the neighbours one thread finds."""
+    catalogue, index = filled(tmp_path / "index", references)
+    index.close()
+    queries = np.concatenate([v for v, _, _ in references.values()])
+    assert len(queries) >= 4 * SEARCH_ROWS_PER_THREAD  # enough to be split four ways
+    answers = []
+    for threads in (1, 4):
+        index = catalogue.open(tmp_path / "index", search_threads=threads)
+        answers.append(index.search(queries, 10))
+        index.close()
+    for one, split in zip(*answers, strict=True):
+        np.testing.assert_array_equal(one, split)
 
 
 def test_restart_loads_sealed_segments_and_rebuilds_damaged_ones(
