@@ -8,8 +8,10 @@ measures it as it stands, and the saved table keeps the earlier run's smaller ro
 naming the commit that measured it.
 
 Queries are a fixed sample of the audio (or video) grid's clips (every row, catalogue and
-non-catalogue), matched in-process one at a time: from their fingerprints (what a crawler
-sends, ``Catalog.match``) and from their bytes (``Catalog.match_media``, decoding included).
+non-catalogue), matched in-process one at a time (in the process that grew the catalogue;
+the first row of a resumed run in a fresh one that only opened it): from their fingerprints
+(what a crawler sends, ``Catalog.match``) and from their bytes (``Catalog.match_media``,
+decoding included).
 The video corpus is minutes long, so the video catalogue grows only as far as its
 distractor variants reach (a few hours): far enough to train its index and measure its
 size per hour, and how search time grows with it.
