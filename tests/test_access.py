@@ -8,7 +8,7 @@ import json
 import stat
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,36 +35,26 @@ BAD_CREDENTIALS = ("no_token", "malformed", "wrong_secret", "revoked")
 
 
 @pytest.fixture(scope="module")
-def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    server = ServerProcess(tmp_path_factory.mktemp("data"))
-    server.start()
-    yield server
-    assert server.stop() == 0
-    assert not server.events("rpc_crashed"), server.events("rpc_crashed")
-    assert not server.events("non_json_output"), server.events("non_json_output")
-
-
-@pytest.fixture(scope="module")
-def tokens(guarded: ServerProcess) -> dict[str, str]:
+def tokens(server: ServerProcess) -> dict[str, str]:
     """Tokens by name: "admin", "<role>_<tenant>" for tenants a and b, and bad ones."""
-    with guarded.client() as admin:
+    with server.client() as admin:
         made = {f"{role}_{tenant}": admin.create_token(tenant, role)["token"]
                 for tenant in ("a", "b") for role in (RIGHTS_HOLDER, CRAWLER)}
         revoked = admin.create_token("a", RIGHTS_HOLDER, "revoked at once")
         admin.revoke_token(revoked["info"]["token_id"])
-    last = guarded.admin_token[-1]
-    return {"admin": guarded.admin_token, **made, "revoked": revoked["token"],
+    last = server.admin_token[-1]
+    return {"admin": server.admin_token, **made, "revoked": revoked["token"],
             "no_token": "", "malformed": "cm_not-a-token",
-            "wrong_secret": guarded.admin_token[:-1] + ("B" if last == "A" else "A")}
+            "wrong_secret": server.admin_token[:-1] + ("B" if last == "A" else "A")}
 
 
 @pytest.fixture(scope="module")
-def owned(guarded: ServerProcess, tokens: dict[str, str]) -> dict[str, dict[str, Any]]:
+def owned(server: ServerProcess, tokens: dict[str, str]) -> dict[str, dict[str, Any]]:
     """battle and knolls registered by tenant a's rights holder, knolls (the same bytes) by
     b's too."""
     references = {}
     for tenant, names in (("a", ("battle", "knolls")), ("b", ("knolls",))):
-        with guarded.client(tokens[f"rights_holder_{tenant}"]) as client:
+        with server.client(tokens[f"rights_holder_{tenant}"]) as client:
             references |= {f"{tenant}_{name}": client.register(fixture(name)) for name in names}
     return references
 
@@ -74,16 +64,16 @@ def _frames(path: Path) -> Any:
     return band_frames(decode_audio(path), LIBRARY_RATE)
 
 
-def _call(rpc: str, client: ClipmatchClient, guarded: ServerProcess, tokens: dict[str, str],
+def _call(rpc: str, client: ClipmatchClient, server: ServerProcess, tokens: dict[str, str],
           owned: dict[str, dict[str, Any]], directory: Path) -> tuple[Callable[[], Any], str]:
     """The call of ``rpc`` a permitted caller makes successfully (set up by the admin), and
     the reference it deletes (registered by tenant a's rights holder) if it is a deletion."""
     if rpc == "DeleteReference":
-        with guarded.client(tokens["rights_holder_a"]) as holder:
+        with server.client(tokens["rights_holder_a"]) as holder:
             victim = holder.register(Clip("loyalists", 9.0, 4.0).write(directory))
         return lambda: client.delete(victim["reference_id"]), victim["reference_id"]
     if rpc == "RevokeToken":
-        with guarded.client() as admin:
+        with server.client() as admin:
             doomed = admin.create_token("c", CRAWLER, "revoked in the role matrix")["info"]
         return lambda: client.revoke_token(doomed["token_id"]), ""
     clip = Clip("battle", 4.0, 6.0).write(directory)
@@ -114,7 +104,7 @@ def _rpc_event(server: ServerProcess, method: str, status: str) -> dict[str, Any
 
 @pytest.mark.parametrize("rpc", [*REFERENCE_RPCS, *MATCH_RPCS, *ADMIN_RPCS])
 @pytest.mark.parametrize("credential", [*ALLOWED, *BAD_CREDENTIALS])
-def test_role_matrix(guarded: ServerProcess, tokens: dict[str, str],
+def test_role_matrix(server: ServerProcess, tokens: dict[str, str],
                      owned: dict[str, dict[str, Any]], tmp_path: Path,
                      monkeypatch: pytest.MonkeyPatch, credential: str, rpc: str) -> None:
     """Each role may make exactly its calls (a rights holder and a crawler of tenant a, on
@@ -125,12 +115,12 @@ def test_role_matrix(guarded: ServerProcess, tokens: dict[str, str],
     name = credential if credential in ("admin", *BAD_CREDENTIALS) else f"{credential}_a"
     expected = ("UNAUTHENTICATED" if credential in BAD_CREDENTIALS else
                 "OK" if rpc in ALLOWED[credential] else "PERMISSION_DENIED")
-    with ClipmatchClient(guarded.target, token=tokens[name] or None) as client:
-        call, victim = _call(rpc, client, guarded, tokens, owned, tmp_path)
+    with ClipmatchClient(server.target, token=tokens[name] or None) as client:
+        call, victim = _call(rpc, client, server, tokens, owned, tmp_path)
         if expected == "OK":
             made = call()
             if rpc == "CreateReference":  # leave the catalogue as it was
-                with guarded.client() as admin:
+                with server.client() as admin:
                     admin.delete(made["reference_id"])
             return
         message = assert_status(call, expected)
@@ -139,69 +129,69 @@ def test_role_matrix(guarded: ServerProcess, tokens: dict[str, str],
     else:
         assert "needs a token with role admin" in message and f"a {credential} token" in message
     if rpc in ("CreateReference", "MatchClip"):
-        assert "filename" not in _rpc_event(guarded, rpc, expected)
+        assert "filename" not in _rpc_event(server, rpc, expected)
     if victim:
-        with guarded.client() as admin:
+        with server.client() as admin:
             admin.delete(victim)  # still there
 
 
 @pytest.mark.parametrize("header", ["", "Basic Zm9vOmJhcg==", "Bearer", "bearer ", "cm_x_y",
                                     "Bearer cm_0123456789ab_" + "x" * 43])
-def test_authorization_that_is_not_a_token_is_unauthenticated(guarded: ServerProcess,
+def test_authorization_that_is_not_a_token_is_unauthenticated(server: ServerProcess,
                                                               header: str) -> None:
-    with grpc.insecure_channel(guarded.target) as channel, pytest.raises(grpc.RpcError) as no:
+    with grpc.insecure_channel(server.target) as channel, pytest.raises(grpc.RpcError) as no:
         pb_grpc.ReferenceServiceStub(channel).ListReferences(
             pb.ListReferencesRequest(), metadata=[("authorization", header)], timeout=30)
     assert no.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert "Bearer cm_" in no.value.details()
 
 
-def test_health_and_reflection_need_no_token(guarded: ServerProcess) -> None:
-    with ClipmatchClient(guarded.target, token=None) as anyone:
+def test_health_and_reflection_need_no_token(server: ServerProcess) -> None:
+    with ClipmatchClient(server.target, token=None) as anyone:
         assert anyone.health() == "SERVING"
         assert anyone.health("clipmatch.v1.AdminService") == "SERVING"
 
 
 def test_a_tenant_cannot_see_touch_or_match_another_tenants_references(
-        guarded: ServerProcess, tokens: dict[str, str], owned: dict[str, dict[str, Any]],
+        server: ServerProcess, tokens: dict[str, str], owned: dict[str, dict[str, Any]],
         tmp_path: Path) -> None:
     battle = owned["a_battle"]["reference_id"]
-    with guarded.client(tokens["rights_holder_b"]) as b:
+    with server.client(tokens["rights_holder_b"]) as b:
         for call in (lambda: b.get(battle), lambda: b.delete(battle)):
             assert assert_status(call, "NOT_FOUND") == f"no reference with id {battle!r}"
         listed = b.list()
         assert [r["reference_id"] for r in listed["references"]] == [
             owned["b_knolls"]["reference_id"]]
         assert listed["total_count"] == 1
-    with guarded.client(tokens["rights_holder_a"]) as a:
+    with server.client(tokens["rights_holder_a"]) as a:
         assert a.get(battle)["tenant"] == "a"
 
     clip = Clip("battle", 10.0, 6.0).write(tmp_path)
     frames = _frames(clip)
-    with guarded.client(tokens["crawler_b"]) as crawler_b:
+    with server.client(tokens["crawler_b"]) as crawler_b:
         assert crawler_b.match(clip)["matches"] == []
         assert crawler_b.match_fingerprint(frames)["matches"] == []
-    with guarded.client(tokens["crawler_a"]) as crawler_a:
+    with server.client(tokens["crawler_a"]) as crawler_a:
         assert [m["reference_id"] for m in crawler_a.match(clip)["matches"]] == [battle]
         assert [m["reference_id"] for m in crawler_a.match_fingerprint(frames)["matches"]] == [
             battle]
 
 
 def test_the_same_file_belongs_to_each_tenant_that_registers_it(
-        guarded: ServerProcess, tokens: dict[str, str], owned: dict[str, dict[str, Any]],
+        server: ServerProcess, tokens: dict[str, str], owned: dict[str, dict[str, Any]],
         tmp_path: Path) -> None:
     a, b = owned["a_knolls"], owned["b_knolls"]
     assert a["content_sha256"] == b["content_sha256"]
     assert (a["tenant"], b["tenant"]) == ("a", "b") and a["reference_id"] != b["reference_id"]
-    with guarded.client(tokens["rights_holder_b"]) as holder:
+    with server.client(tokens["rights_holder_b"]) as holder:
         message = assert_status(lambda: holder.register(fixture("knolls")), "ALREADY_EXISTS")
         assert b["reference_id"] in message and a["reference_id"] not in message
     clip = Clip("knolls", 12.0, 6.0).write(tmp_path)
     for tenant in ("a", "b"):
-        with guarded.client(tokens[f"crawler_{tenant}"]) as crawler:
+        with server.client(tokens[f"crawler_{tenant}"]) as crawler:
             assert [m["reference_id"] for m in crawler.match(clip)["matches"]] == [
                 owned[f"{tenant}_knolls"]["reference_id"]]
-    with guarded.client() as admin:  # an admin sees every tenant's
+    with server.client() as admin:  # an admin sees every tenant's
         listed = {r["reference_id"]: r["tenant"] for r in admin.list_all()}
         assert {listed[r["reference_id"]] for r in owned.values()} == {"a", "b"}
 
@@ -210,35 +200,35 @@ def test_the_same_file_belongs_to_each_tenant_that_registers_it(
     ("", CRAWLER, "tenant"), ("Acme", CRAWLER, "lower-case"), ("-a", CRAWLER, "starting"),
     ("a" * 64, CRAWLER, "63"), ("a b", CRAWLER, "tenant"), ("a", "superuser", "rights_holder"),
     ("a", "", "crawler")])
-def test_bad_token_fields_are_invalid_argument(guarded: ServerProcess, tenant: str, role: str,
+def test_bad_token_fields_are_invalid_argument(server: ServerProcess, tenant: str, role: str,
                                                word: str) -> None:
-    with guarded.client() as admin:
+    with server.client() as admin:
         assert_status(lambda: admin.create_token(tenant, role), "INVALID_ARGUMENT", word)
 
 
 def test_tokens_are_listed_without_secrets_and_the_last_admin_is_kept(
-        guarded: ServerProcess, tokens: dict[str, str]) -> None:
-    with guarded.client() as admin:
+        server: ServerProcess, tokens: dict[str, str]) -> None:
+    with server.client() as admin:
         listed = admin.list_tokens()
         assert {"token_id", "tenant", "role", "label", "created_at", "revoked_at"} == set(
             listed[0])
         assert not any(token and token in json.dumps(listed) for token in tokens.values())
         assert {t["role"] for t in admin.list_tokens("b")} == {RIGHTS_HOLDER, CRAWLER}
-        own_id = guarded.admin_token.split("_")[1]
+        own_id = server.admin_token.split("_")[1]
         assert_status(lambda: admin.revoke_token(own_id), "FAILED_PRECONDITION",
                       "last valid admin")
         assert_status(lambda: admin.revoke_token("0123456789ab"), "NOT_FOUND")
 
 
 def test_admin_token_file_is_private_and_shown_on_the_first_start_only(
-        guarded: ServerProcess) -> None:
-    path = guarded.data_dir / ADMIN_TOKEN_FILE
+        server: ServerProcess) -> None:
+    path = server.data_dir / ADMIN_TOKEN_FILE
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    shown = [line.strip() for line in guarded.printed if line.strip().startswith("cm_")]
-    assert shown == [guarded.admin_token]
-    created = guarded.events("admin_token_created")
+    shown = [line.strip() for line in server.printed if line.strip().startswith("cm_")]
+    assert shown == [server.admin_token]
+    created = server.events("admin_token_created")
     assert created and created[0]["path"] == str(path)
-    assert guarded.admin_token not in json.dumps(guarded.logs)  # never in the logs
+    assert server.admin_token not in json.dumps(server.logs)  # never in the logs
 
 
 def test_no_auth_is_refused_off_loopback(tmp_path: Path) -> None:
@@ -297,15 +287,15 @@ def test_rate_limit_is_per_token(tmp_path: Path) -> None:
 
 
 def test_audit_records_registrations_matches_and_deletions_per_tenant(
-        guarded: ServerProcess, tokens: dict[str, str], owned: dict[str, dict[str, Any]],
+        server: ServerProcess, tokens: dict[str, str], owned: dict[str, dict[str, Any]],
         tmp_path: Path) -> None:
     started = time.time()
-    with guarded.client(tokens["rights_holder_b"]) as holder:
+    with server.client(tokens["rights_holder_b"]) as holder:
         piece = holder.register(Clip("loyalists", 15.0, 8.0).write(tmp_path))
         holder.match(Clip("loyalists", 16.0, 5.0).write(tmp_path))
         holder.delete(piece["reference_id"])
     holder_id = tokens["rights_holder_b"].split("_")[1]
-    with guarded.client() as admin:
+    with server.client() as admin:
         rows = admin.audit_all(tenant="b", since=started)
         assert [(r["action"], r["token_id"], r["role"]) for r in rows] == [
             ("register", holder_id, RIGHTS_HOLDER), ("match", holder_id, RIGHTS_HOLDER),
@@ -328,17 +318,17 @@ def test_audit_records_registrations_matches_and_deletions_per_tenant(
         assert_status(lambda: admin.audit(action="edit"), "INVALID_ARGUMENT", "register")
 
 
-def test_tokens_and_audit_survive_a_restart(guarded: ServerProcess,
+def test_tokens_and_audit_survive_a_restart(server: ServerProcess,
                                             tokens: dict[str, str]) -> None:
     """(Last in this module: it restarts the module's server.) The restart shows no token."""
-    with guarded.client() as admin:
+    with server.client() as admin:
         before = admin.audit_all()
-    printed = len(guarded.printed)
-    guarded.restart()
-    assert len(guarded.printed) == printed
-    with guarded.client() as admin:
+    printed = len(server.printed)
+    server.restart()
+    assert len(server.printed) == printed
+    with server.client() as admin:
         assert admin.audit_all()[:len(before)] == before
-    with guarded.client(tokens["crawler_a"]) as crawler:
+    with server.client(tokens["crawler_a"]) as crawler:
         assert crawler.match_fingerprint(_frames(fixture("knolls")))["matches"]
-    with guarded.client(tokens["revoked"]) as revoked:
+    with server.client(tokens["revoked"]) as revoked:
         assert_status(revoked.list, "UNAUTHENTICATED")
